@@ -1,0 +1,87 @@
+"""Tiny SD1.x models with real topology and random weights, written the ways users' files come.
+
+Used by the tests (and the CPU benchmark). Widths are multiples of 32 (GroupNorm groups), the UNet
+uses SD1's 8 attention heads and the text encoder CLIP's 64-wide-head convention with one head, so
+the loader's size inference has to work exactly as it does for full-size checkpoints.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from webui.models.ldm_export import export_ldm_state_dict, save_ldm_checkpoint
+
+CONFIGS = Path(__file__).resolve().parents[1] / "webui" / "models" / "configs"
+
+
+@dataclass
+class TinySD:
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+
+
+def build_tiny_sd(seed: int = 0, in_channels: int = 4, width: int = 32) -> TinySD:
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=in_channels,
+        out_channels=4,
+        block_out_channels=(width, width * 2),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(32, 32, 64),  # x4 downsampling: 64 px images are 16x16 latents
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=32,
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=1,
+        max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=32,
+        bos_token_id=0, eos_token_id=2, pad_token_id=1,
+    ))
+    for m in (unet, vae, text_encoder):
+        m.eval()
+    return TinySD(unet, vae, text_encoder)
+
+
+def write_safetensors(tiny: TinySD, path: Path, metadata: dict | None = None) -> Path:
+    return save_ldm_checkpoint(path, tiny.unet, tiny.vae, tiny.text_encoder, metadata=metadata)
+
+
+def write_ckpt(tiny: TinySD, path: Path, wrap: bool = True, old_clip_keys: bool = False) -> Path:
+    """A `.ckpt` as the original repos saved them: a pickled dict with a `state_dict`."""
+    sd = export_ldm_state_dict(tiny.unet, tiny.vae, tiny.text_encoder)
+    if old_clip_keys:  # some community SD1 files lack the `text_model.` part
+        sd = {k.replace("cond_stage_model.transformer.text_model.", "cond_stage_model.transformer."): v
+              for k, v in sd.items()}
+    sd = {k: v.contiguous().clone() for k, v in sd.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": sd, "global_step": 1} if wrap else sd, path)
+    return path
+
+
+def write_diffusers_folder(tiny: TinySD, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    tiny.unet.save_pretrained(folder / "unet")
+    tiny.vae.save_pretrained(folder / "vae")
+    tiny.text_encoder.save_pretrained(folder / "text_encoder")
+    shutil.copytree(CONFIGS / "sd15" / "scheduler", folder / "scheduler", dirs_exist_ok=True)
+    shutil.copy(CONFIGS / "sd15" / "model_index.json", folder / "model_index.json")
+    return folder

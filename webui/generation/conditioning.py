@@ -1,0 +1,163 @@
+"""Prompts to text-encoder conditioning, with A1111's semantics.
+
+- Emphasis `(a)`, `[a]`, `(a:1.3)`: each token's embedding is scaled by its weight, then the whole
+  chunk is rescaled so its mean equals the unweighted mean (A1111's "mean restore").
+- Long prompts: tokens are split into chunks of 75 (+BOS/EOS = 77), each encoded on its own and
+  concatenated along the sequence axis. A chunk that fills up moves the words after the last comma
+  (if within 20 tokens) to the next chunk; `BREAK` ends a chunk early.
+- Prompt editing and alternation: `webui.prompts` turns a prompt into a per-step schedule; every
+  distinct text is encoded once, and `ScheduledConditioning.at(step)` picks the tensors for a step.
+- Positive and negative conditioning of different lengths are padded with the encoding of an
+  empty chunk, as A1111 does, so they can be batched for classifier-free guidance.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from webui.models.tokenizers import clean_text
+from webui.prompts import get_learned_conditioning_prompt_schedules, parse_prompt_attention
+
+CHUNK_TOKENS = 75
+COMMA_BACKTRACK = 20
+
+
+@dataclass
+class PromptChunk:
+    tokens: list[int]
+    weights: list[float]
+
+
+class PromptEncoder:
+    """Encodes prompt texts for one loaded text encoder; caches each distinct text."""
+
+    def __init__(self, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, clip_skip: int = 1):
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.clip_skip = clip_skip
+        self.bos = tokenizer.bos_token_id
+        self.eos = tokenizer.eos_token_id
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
+        self.comma = tokenizer.convert_tokens_to_ids(",</w>")
+        self._cache: dict[str, torch.Tensor] = {}
+
+    # -- tokens --------------------------------------------------------------------------------
+    def tokenize_fragments(self, texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        cleaned = [clean_text(t) for t in texts]
+        return self.tokenizer(cleaned, add_special_tokens=False, truncation=False)["input_ids"]
+
+    def chunks(self, text: str) -> list[PromptChunk]:
+        """Split a prompt into weighted 75-token chunks (without BOS/EOS/padding)."""
+        parsed = parse_prompt_attention(text)
+        fragments = self.tokenize_fragments([t for t, w in parsed if w != -1 or t != "BREAK"])
+        chunks: list[PromptChunk] = []
+        tokens: list[int] = []
+        weights: list[float] = []
+        last_comma = -1
+
+        def flush() -> None:
+            nonlocal tokens, weights, last_comma
+            chunks.append(PromptChunk(tokens, weights))
+            tokens, weights, last_comma = [], [], -1
+
+        it = iter(fragments)
+        for text, weight in parsed:
+            if text == "BREAK" and weight == -1:
+                flush()
+                continue
+            for tok in next(it):
+                if tok == self.comma:
+                    last_comma = len(tokens)
+                elif len(tokens) == CHUNK_TOKENS and last_comma != -1 and len(tokens) - last_comma <= COMMA_BACKTRACK:
+                    # keep the words after the last comma together in the next chunk
+                    split = last_comma + 1
+                    moved_t, moved_w = tokens[split:], weights[split:]
+                    tokens, weights = tokens[:split], weights[:split]
+                    flush()
+                    tokens, weights = moved_t, moved_w
+                if len(tokens) == CHUNK_TOKENS:
+                    flush()
+                tokens.append(tok)
+                weights.append(weight)
+        if tokens or not chunks:
+            flush()
+        return chunks
+
+    # -- embeddings ----------------------------------------------------------------------------
+    def _encode_chunk(self, chunk: PromptChunk) -> torch.Tensor:
+        pad = CHUNK_TOKENS - len(chunk.tokens)
+        ids = [self.bos] + chunk.tokens + [self.eos] + [self.pad] * pad
+        weights = [1.0] + chunk.weights + [1.0] * (pad + 1)
+        model = self.text_encoder
+        ids_t = torch.tensor([ids], device=model.device)
+        if self.clip_skip > 1:
+            out = model(ids_t, output_hidden_states=True)
+            z = getattr(model, "text_model", model).final_layer_norm(out.hidden_states[-self.clip_skip])
+        else:
+            z = model(ids_t).last_hidden_state
+        w = torch.tensor(weights, device=z.device, dtype=z.dtype)[None, :, None]
+        if bool((w != 1).any()):
+            original_mean = z.mean()
+            z = z * w
+            z = z * (original_mean / z.mean())
+        return z
+
+    @torch.no_grad()
+    def encode(self, text: str) -> torch.Tensor:
+        """[1, 77·n, width] conditioning for one prompt text."""
+        if text not in self._cache:
+            self._cache[text] = torch.cat([self._encode_chunk(c) for c in self.chunks(text)], dim=1)
+        return self._cache[text]
+
+    @torch.no_grad()
+    def empty_chunk(self) -> torch.Tensor:
+        return self.encode("")[:, : CHUNK_TOKENS + 2]
+
+
+def pad_to_length(cond: torch.Tensor, length: int, empty: torch.Tensor) -> torch.Tensor:
+    """Append empty-chunk encodings until `cond` has `length` tokens (a multiple of 77)."""
+    missing = (length - cond.shape[1]) // empty.shape[1]
+    if missing <= 0:
+        return cond
+    return torch.cat([cond] + [empty.to(cond.dtype)] * missing, dim=1)
+
+
+class ScheduledConditioning:
+    """Per-step conditioning for a batch of prompts (prompt editing and alternation resolved)."""
+
+    def __init__(self, encoder: PromptEncoder, prompts: list[str], steps: int):
+        self.encoder = encoder
+        self.schedules = get_learned_conditioning_prompt_schedules(prompts, steps)
+        self.is_static = all(len(s) == 1 for s in self.schedules)
+        self._by_step: dict[tuple[str, ...], torch.Tensor] = {}
+
+    def texts_at(self, step: int) -> tuple[str, ...]:
+        """The prompt texts in force at 0-based `step` (first schedule entry whose end step is >= step)."""
+        out = []
+        for schedule in self.schedules:
+            text = schedule[-1][1]
+            for end_step, candidate in schedule:
+                if step <= end_step:
+                    text = candidate
+                    break
+            out.append(text)
+        return tuple(out)
+
+    def at(self, step: int, length: int | None = None) -> torch.Tensor:
+        texts = self.texts_at(step)
+        key = texts + (str(length),)
+        if key not in self._by_step:
+            conds = [self.encoder.encode(t) for t in texts]
+            target = max([c.shape[1] for c in conds] + [length or 0])
+            empty = self.encoder.empty_chunk()
+            self._by_step[key] = torch.cat([pad_to_length(c, target, empty) for c in conds], dim=0)
+        return self._by_step[key]
+
+    def max_length(self, steps: int) -> int:
+        """The longest conditioning over all steps (so positive and negative can be padded alike)."""
+        lengths = {self.encoder.encode(t).shape[1] for s in self.schedules for _, t in s}
+        return max(lengths)

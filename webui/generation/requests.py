@@ -1,0 +1,88 @@
+"""The typed job requests: one per kind of job, used alike by the web UI, the HTTP API and the tests.
+
+Defaults live here and only here. Field names follow A1111's API (`sampler_name`, `cfg_scale`,
+`n_iter`, …) so the API layer can expose them unchanged. Validation errors name the field.
+"""
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .samplers import resolve_sampler
+
+MAX_BATCH_SIZE = 8
+MAX_BATCH_COUNT = 100
+MAX_SEED = 2**32 - 1
+
+Dimension = Annotated[int | None, Field(default=None, description="pixels, a multiple of 8 from 64 to 4096; "
+                                                                "empty = the checkpoint's trained size")]
+
+
+class GenerationParams(BaseModel):
+    """What every generation job shares (txt2img's whole request; img2img and inpaint extend it)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    sampler_name: str = "DPM++ 2M"
+    scheduler: str = Field("Automatic", description="schedule type: Automatic, Uniform, Karras, Exponential")
+    steps: int = Field(20, ge=1, le=500)
+    cfg_scale: float = Field(7.0, ge=0.0, le=30.0)
+    seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1 picks a random seed")
+    subseed: int = Field(-1, ge=-1, le=MAX_SEED, description="variation seed; -1 picks a random one")
+    subseed_strength: float = Field(0.0, ge=0.0, le=1.0)
+    width: Dimension = None
+    height: Dimension = None
+    batch_size: int = Field(1, ge=1, le=MAX_BATCH_SIZE)
+    n_iter: int = Field(1, ge=1, le=MAX_BATCH_COUNT, description="batch count")
+    clip_skip: int = Field(1, ge=1, le=12)
+    checkpoint: str | None = Field(None, description="checkpoint title, name or hash; empty = the default")
+
+    @field_validator("width", "height")
+    @classmethod
+    def _dimension(cls, v: int | None) -> int | None:
+        if v is None:
+            return v
+        if not 64 <= v <= 4096:
+            raise ValueError(f"must be between 64 and 4096 (got {v})")
+        if v % 8:
+            raise ValueError(f"must be a multiple of 8 (got {v})")
+        return v
+
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _text(cls, v: str) -> str:
+        if len(v) > 20000:
+            raise ValueError("is longer than 20000 characters")
+        return v
+
+    @model_validator(mode="after")
+    def _sampler(self) -> "GenerationParams":
+        sampler, schedule = resolve_sampler(self.sampler_name, self.scheduler)  # ValueError names the field
+        if (sampler.name, schedule) != (self.sampler_name, self.scheduler):
+            object.__setattr__(self, "sampler_name", sampler.name)
+            object.__setattr__(self, "scheduler", schedule)
+        return self
+
+    @property
+    def total_images(self) -> int:
+        return self.batch_size * self.n_iter
+
+
+class Txt2ImgRequest(GenerationParams):
+    """txt2img: an image from a prompt alone."""
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    """A one-line message per problem, each starting with the field name."""
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "request"
+        msg = e["msg"].removeprefix("Value error, ")
+        if ":" in msg and not e["loc"]:  # model-level validators already name the field
+            lines.append(msg)
+        else:
+            lines.append(f"{field}: {msg}")
+    return "; ".join(lines)

@@ -1,0 +1,1 @@
+"""Images: the infotext every PNG carries, and the store that writes them."""

@@ -1,0 +1,1 @@
+"""Jobs: the queue every generation goes through, with ids, progress and interrupt per job."""

@@ -1,0 +1,1 @@
+"""Model management: finding checkpoints, reading their layouts, loading and caching them."""

@@ -1,0 +1,116 @@
+"""The application's services, built once and passed down: settings, model manager, queue, engine, store.
+
+UI callbacks and API routes reach everything through one `Easel` object; nothing is global. Each
+`submit_*` method turns a typed request into a queued job whose work is: get the checkpoint the
+request names from the manager, run the engine, save the images with their infotext.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from webui.generation.engine import Engine, GenerationResult
+from webui.generation.requests import Txt2ImgRequest
+from webui.images.store import ImageStore
+from webui.jobs.queue import Job, JobQueue
+from webui.models.catalog import Catalog, HashCache
+from webui.models.checkpoint_io import read_safetensors_metadata
+from webui.models.loader import LoadedModel
+from webui.models.manager import ModelManager
+from webui.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SavedResult:
+    """A finished generation and where its PNGs were written."""
+
+    result: GenerationResult
+    paths: list[Path] = field(default_factory=list)
+
+
+def xformers_problem(settings: Settings) -> str | None:
+    """Why xformers cannot be used here, or None when it can."""
+    if settings.device.type != "cuda":
+        return f"xformers needs CUDA and the device is {settings.device.type}"
+    if importlib.util.find_spec("xformers") is None:
+        return "xformers is not installed (pip install xformers)"
+    return None
+
+
+class Easel:
+    def __init__(self, settings: Settings, manager: ModelManager, queue: JobQueue, engine: Engine, store: ImageStore):
+        self.settings = settings
+        self.manager = manager
+        self.queue = queue
+        self.engine = engine
+        self.store = store
+        self.use_xformers = False
+        if settings.xformers:
+            problem = xformers_problem(settings)
+            if problem:
+                log.warning("--xformers: %s; using PyTorch SDPA attention instead", problem)
+            else:
+                self.use_xformers = True
+
+    @classmethod
+    def create(cls, settings: Settings) -> "Easel":
+        for sub in ("Stable-diffusion", "VAE", "Lora", "embeddings"):
+            (settings.models_dir / sub).mkdir(parents=True, exist_ok=True)
+        catalog = Catalog(settings.checkpoint_dirs, HashCache(settings.cache_dir / "hashes.json"))
+        manager = ModelManager(catalog, settings.device, settings.dtype, preferred=settings.ckpt)
+        return cls(settings, manager, JobQueue(), Engine(), ImageStore(settings.outputs_dir))
+
+    def close(self) -> None:
+        self.queue.shutdown()
+        self.manager.unload_all()
+
+    # -- models ----------------------------------------------------------------------------------
+    def load_model(self, name: str | None) -> LoadedModel:
+        model = self.manager.get(name)
+        if self.use_xformers:
+            model.unet.enable_xformers_memory_efficient_attention()
+            model.vae.enable_xformers_memory_efficient_attention()
+        return model
+
+    def default_size_for(self, name: str | None) -> tuple[int, int]:
+        """The trained size of a checkpoint, from its metadata, without loading it."""
+        try:
+            info = self.manager.resolve(name)
+        except Exception:
+            return (512, 512)
+        current = self.manager.current
+        if current is not None and current.info.path == info.path:
+            return current.default_size
+        if info.path.suffix == ".safetensors":
+            res = read_safetensors_metadata(info.path).get("modelspec.resolution", "")
+            try:
+                w, h = (int(v) for v in res.lower().split("x"))
+                return (w, h)
+            except ValueError:
+                pass
+        return (512, 512)
+
+    # -- jobs ------------------------------------------------------------------------------------
+    def submit_txt2img(self, request: Txt2ImgRequest, owner: str = "anonymous", save: bool = True) -> Job:
+        def run(job: Job) -> SavedResult:
+            job.set_stage(f"loading {request.checkpoint or 'default checkpoint'}")
+            model = self.load_model(request.checkpoint)
+            result = self.engine.txt2img(model, request, job)
+            paths = []
+            if save:
+                job.set_stage("saving")
+                paths = [
+                    self.store.save(img, info, "txt2img-images", seed)
+                    for img, info, seed in zip(result.images, result.infotexts, result.seeds)
+                ]
+            return SavedResult(result, paths)
+
+        return self.queue.submit(Job(run=run, description="txt2img", owner=owner))
+
+    def submit_load(self, name: str | None, owner: str = "anonymous") -> Job:
+        """Load (hot-swap to) a checkpoint between jobs, as a job of its own."""
+        return self.queue.submit(Job(run=lambda job: self.load_model(name).info.title, description="load", owner=owner))

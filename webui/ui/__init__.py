@@ -1,0 +1,1 @@
+"""The Gradio web UI: a thin skin that turns widget values into typed requests and shows results."""
