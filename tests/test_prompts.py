@@ -98,7 +98,7 @@ OWN_ATTENTION = [
     # a backslash escaping nothing is dropped (A1111 does the same) ...
     ("a\\b", [["ab", 1.0]]),
     ("a\\:b", [["a:b", 1.0]]),
-    ("(a\\:2)", [["a:2", ROUND]]),
+    ("(a\\:2)", [["a", 2.0]]),  # ... even where that turns ":2)" into a weight
     # ... leaving an empty piece that keeps its neighbours apart, as in A1111
     ("(a)\\", [["a", ROUND], ["", 1.0]]),
     # BREAK
@@ -107,7 +107,7 @@ OWN_ATTENTION = [
     ("a BREAK BREAK b", [["a", 1.0], ["BREAK", -1.0], ["", 1.0], ["BREAK", -1.0], ["b", 1.0]]),
     ("a,BREAK,b", [["a,", 1.0], ["BREAK", -1.0], [",b", 1.0]]),
     ("a\nBREAK\nb", [["a", 1.0], ["BREAK", -1.0], ["b", 1.0]]),
-    ("(a) BREAK [b]", [["a", ROUND], [" ", 1.0], ["BREAK", -1.0], ["", 1.0], ["b", SQUARE]]),
+    ("(a) BREAK [b]", [["a", ROUND], ["", 1.0], ["BREAK", -1.0], ["", 1.0], ["b", SQUARE]]),
     ("BREAKfast", [["BREAKfast", 1.0]]),
     ("a BREAKS b", [["a BREAKS b", 1.0]]),
     ("UNBREAK", [["UNBREAK", 1.0]]),
@@ -285,7 +285,7 @@ def test_batch_shares_identical_prompts() -> None:
 
 def test_degenerate_step_counts_do_not_raise() -> None:
     assert schedule("[a:b:.5e999]", 0) == [[0, "a"]]  # inf * 0 steps
-    assert schedule("[a|b]", 0) == [[0, "a"]]
+    assert schedule("[a|b]", 0) == [[0, "b"]]  # option (0 - 1) % 2
     assert schedule("[a:b:2]", 1) == [[1, "a"]]
 
 
@@ -317,12 +317,12 @@ def test_prompt_schedule_at_rejects_empty_schedule() -> None:
 
 # --- properties ------------------------------------------------------------------------
 
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SYNTAX = "()[]:|\\ "
-prompt_text = st.text(
-    alphabet=st.one_of(st.sampled_from(list(SYNTAX) + ["BREAK", ".5", "3", "-", "\n"]), st.characters()),
+prompt_text = st.lists(
+    st.one_of(st.sampled_from(list(SYNTAX) + ["BREAK", ".5", "3", "-", "\n"]), st.characters()),
     max_size=40,
-).map(str)
+).map("".join)
 prompt_syntax = st.lists(
     st.sampled_from(list(SYNTAX) + ["a", "b", "BREAK", ".5", "1.5", "3", "-1", "e", "\n"]), max_size=30
 ).map("".join)

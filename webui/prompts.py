@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import NamedTuple, Union
 
 # --------------------------------------------------------------------------------------
@@ -167,10 +168,9 @@ class _Alternate(NamedTuple):
 _Node = Union[str, _Scheduled, _Alternate]
 _Sequence = tuple[_Node, ...]
 
-# The prompt-text terminal: anything but brackets, ":" and "|", or any escaped character
-# except a newline. A bare trailing backslash therefore makes a prompt unparseable.
+# Prompt text: anything but brackets, ":" and "|", or any escaped character except a
+# newline. A bare trailing backslash therefore makes a prompt invalid.
 _PLAIN = re.compile(r"(?:[^\\\[\]():|]|\\.)+")
-_PLAIN_WITH_BAR = re.compile(r"(?:[^\\\[\]():]|\\.)+")
 # The ":when]" tail of a scheduled group, `when` being a signed int, decimal or exponent
 # float. ASCII digits only: that is what A1111's grammar accepts.
 _WHEN_TAIL = re.compile(
@@ -178,122 +178,164 @@ _WHEN_TAIL = re.compile(
 )
 
 
+@dataclass
+class _OpenGroup:
+    """A bracket group whose closer has not been reached yet."""
+
+    opener: str  # "(" or "["
+    start: int
+    # Contents between separators; `separators[k]` sits between segments k and k + 1.
+    segments: list[list[_Node]] = field(default_factory=lambda: [[]])
+    separators: list[str] = field(default_factory=list)
+
+    def separate(self, separator: str) -> None:
+        self.separators.append(separator)
+        self.segments.append([])
+
+
 class _ScheduleParser:
-    """Recursive-descent parser for A1111's prompt-editing language.
+    """Parser for A1111's prompt-editing language (the language of A1111's lark grammar).
 
-    Inside brackets the grammar is strict: every nested bracket must close, and `:`/`|`
-    may only appear as separators. At the top level a bracket that cannot be parsed as a
-    group is kept as literal text, which is what lets `((a][:b:c [d:3]` still schedule
-    `[d:3]`. A bare `|` outside any group, or a backslash escaping nothing, makes the
-    whole prompt unparseable (A1111 then uses the prompt unchanged for every step).
+    Inside brackets the language is strict: every nested bracket must close, a `(` group
+    holds at most one `:`, and a `[` group is `[a]`, `[a|b|...]`, `[to:when]` or
+    `[from:to:when]`. At the top level a bracket that does not start a valid group is
+    literal text, which is what lets `((a][:b:c [d:3]` still schedule `[d:3]`. A `|`
+    outside any group, or a backslash escaping nothing (at the end, or before a newline),
+    makes the whole prompt invalid; A1111 then uses the prompt unchanged for every step.
 
-    One extension over A1111's grammar: if a `[...]` group only parses as
-    `[from:to:when]` when the `|` characters directly inside it are text, it is read that
-    way, so `[{b|d{:.5]` switches to `{b|d{` at half-way. A1111's own documentation
-    expects this result though its grammar rejects the prompt.
+    Where A1111's grammar is ambiguous (a group next to stray brackets, as in `[a:3]((`)
+    A1111's choice changes with PYTHONHASHSEED; this parser always takes the group.
+
+    One extension over A1111: if a `[...]` group is only valid as `[from:to:when]` with
+    the `|` characters directly inside it taken as text, it is read that way, so
+    `[{b|d{:.5]` switches to `{b|d{` half-way. A1111's documentation expects this result
+    although its grammar rejects the prompt.
+
+    The scan is iterative, with an explicit stack of open groups, so deeply nested or
+    unclosed brackets cannot exhaust Python's recursion limit. When a group turns out
+    invalid, every group still open around it is invalid too (their contents stop at
+    the bad group), so the outermost one's opener becomes text and the scan resumes just
+    after it. Group results are remembered by start position, which keeps the rescan
+    linear: a group's validity does not depend on what surrounds it.
     """
 
     def __init__(self, text: str) -> None:
         self._text = text
-        # Group parses keyed by start position. A group's parse does not depend on its
-        # context, so this keeps the top-level retry after a failed group linear.
-        self._groups: dict[int, tuple[_Sequence, int] | None] = {}
+        self._groups: dict[int, tuple[_Sequence, int] | None] = {}  # None: invalid
 
     def parse(self) -> _Sequence | None:
         """The whole prompt as a node sequence, or None if it is not valid syntax."""
-        text, nodes, position = self._text, [], 0
+        text, groups = self._text, self._groups
+        top: list[_Node] = []
+        stack: list[_OpenGroup] = []
+        position = 0
+
         while True:
-            part, position = self._prompt(position, bar_is_text=False)
-            nodes.extend(part)
-            if position == len(text):
-                return tuple(nodes)
-            if text[position] not in "[]():":
-                return None
-            nodes.append(text[position])
-            position += 1
-
-    def _char(self, position: int) -> str:
-        return self._text[position : position + 1]
-
-    def _prompt(self, position: int, *, bar_is_text: bool) -> tuple[list[_Node], int]:
-        """Parse prompt content from `position`; stops at the first character it cannot use."""
-        plain = _PLAIN_WITH_BAR if bar_is_text else _PLAIN
-        nodes: list[_Node] = []
-        while position < len(self._text):
-            match = plain.match(self._text, position)
-            if match:
-                nodes.append(match.group(0))
-                position = match.end()
+            target = stack[-1].segments[-1] if stack else top
+            plain = _PLAIN.match(text, position)
+            if plain:
+                target.append(plain.group(0))
+                position = plain.end()
                 continue
-            if self._char(position) not in "([":
-                break
-            group = self._group(position)
-            if group is None:
-                break
-            nodes.extend(group[0])
-            position = group[1]
-        return nodes, position
+            if position == len(text):
+                if not stack:
+                    return tuple(top)
+                position = self._abandon(stack, top)
+                continue
 
-    def _group(self, position: int) -> tuple[_Sequence, int] | None:
-        if position not in self._groups:
-            if self._char(position) == "(":
-                parsed = self._round_group(position)
-            else:
-                parsed = self._square_group(position, bar_is_text=False)
-                if parsed is None:
-                    parsed = self._square_group(position, bar_is_text=True)
-            self._groups[position] = parsed
-        return self._groups[position]
+            char = text[position]
+            if char == "\\":
+                return None  # escapes nothing; no reading of the prompt can absorb it
+            if char in "([":
+                if position not in groups:
+                    stack.append(_OpenGroup(char, position))
+                    position += 1
+                    continue
+                known = groups[position]
+                if known is not None:
+                    target.extend(known[0])
+                    position = known[1]
+                    continue
+                if stack:
+                    position = self._abandon(stack, top)
+                else:
+                    top.append(char)
+                    position += 1
+                continue
+            if not stack:
+                if char == "|":
+                    return None
+                top.append(char)  # a stray "]", ")" or ":"
+                position += 1
+                continue
 
-    def _round_group(self, position: int) -> tuple[_Sequence, int] | None:
-        """`(prompt)` or `(prompt:prompt)`: emphasis, kept verbatim."""
-        inner, position = self._prompt(position + 1, bar_is_text=False)
-        nodes: list[_Node] = ["(", *inner]
-        if self._char(position) == ":":
-            weight, position = self._prompt(position + 1, bar_is_text=False)
-            nodes += [":", *weight]
-        if self._char(position) != ")":
-            return None
+            group = stack[-1]
+            nodes: _Sequence | None = None
+            end = position + 1
+            if char == "|" and group.opener == "[":
+                group.separate(char)
+                position += 1
+                continue
+            if char == ":":
+                when = _WHEN_TAIL.match(text, position + 1) if group.opener == "[" else None
+                if when:
+                    nodes, end = self._scheduled(group, when.group(1)), when.end()
+                elif ":" not in group.separators:
+                    group.separate(char)
+                    position += 1
+                    continue
+            elif char == ")" and group.opener == "(":
+                nodes = self._round(group)
+            elif char == "]" and group.opener == "[":
+                nodes = self._square(group)
+
+            if nodes is None:  # a closer or separator this group cannot take
+                position = self._abandon(stack, top)
+                continue
+            stack.pop()
+            groups[group.start] = (nodes, end)
+            (stack[-1].segments[-1] if stack else top).extend(nodes)
+            position = end
+
+    def _abandon(self, stack: list[_OpenGroup], top: list[_Node]) -> int:
+        """Mark every open group invalid; the outermost opener becomes top-level text."""
+        for group in stack:
+            self._groups[group.start] = None
+        outermost = stack[0].start
+        stack.clear()
+        top.append(self._text[outermost])
+        return outermost + 1
+
+    @staticmethod
+    def _round(group: _OpenGroup) -> _Sequence:
+        """`(a)` or `(a:b)`: emphasis, kept verbatim."""
+        nodes: list[_Node] = ["(", *group.segments[0]]
+        if group.separators:
+            nodes += [":", *group.segments[1]]
         nodes.append(")")
-        return tuple(nodes), position + 1
+        return tuple(nodes)
 
-    def _square_group(self, position: int, *, bar_is_text: bool) -> tuple[_Sequence, int] | None:
-        """`[prompt]` (emphasis), `[a|b|...]` (alternation) or a scheduled group.
+    @staticmethod
+    def _square(group: _OpenGroup) -> _Sequence | None:
+        """`[a]` (emphasis, kept verbatim) or `[a|b|...]` (alternation)."""
+        if not group.separators:
+            return ("[", *group.segments[0], "]")
+        if ":" in group.separators:
+            return None
+        return (_Alternate(tuple(tuple(option) for option in group.segments)),)
 
-        With `bar_is_text`, only the scheduled form is accepted (see the class docstring).
-        """
-        first, position = self._prompt(position + 1, bar_is_text=bar_is_text)
-        separator = self._char(position)
-        if separator == ":":
-            return self._scheduled_tail(tuple(first), position, bar_is_text=bar_is_text)
-        if bar_is_text:
-            return None
-        if separator == "]":
-            return ("[", *first, "]"), position + 1
-        if separator != "|":
-            return None
-        options = [tuple(first)]
-        while self._char(position) == "|":
-            option, position = self._prompt(position + 1, bar_is_text=False)
-            options.append(tuple(option))
-        if self._char(position) != "]":
-            return None
-        return (_Alternate(tuple(options)),), position + 1
-
-    def _scheduled_tail(
-        self, first: _Sequence, colon: int, *, bar_is_text: bool
-    ) -> tuple[_Sequence, int] | None:
-        """Finish `[first:when]` or `[first:second:when]`, `colon` being the first ":"."""
-        tail = _WHEN_TAIL.match(self._text, colon + 1)
-        if tail:
-            return (_Scheduled(None, first, tail.group(1)),), tail.end()
-        second, position = self._prompt(colon + 1, bar_is_text=bar_is_text)
-        if self._char(position) != ":":
-            return None
-        tail = _WHEN_TAIL.match(self._text, position + 1)
-        if not tail:
-            return None
-        return (_Scheduled(first, tuple(second), tail.group(1)),), tail.end()
+    @staticmethod
+    def _scheduled(group: _OpenGroup, when: str) -> _Sequence:
+        """`[to:when]` or `[from:to:when]`; any `|` inside is text (see the class doc)."""
+        operands: list[list[_Node]] = [list(group.segments[0])]
+        for separator, segment in zip(group.separators, group.segments[1:]):
+            if separator == "|":
+                operands[-1] += ["|", *segment]
+            else:
+                operands.append(list(segment))
+        if len(operands) == 1:
+            return (_Scheduled(None, tuple(operands[0]), when),)
+        return (_Scheduled(tuple(operands[0]), tuple(operands[1]), when),)
 
 
 def _when_resolver(
@@ -301,10 +343,11 @@ def _when_resolver(
 ) -> tuple[int, Callable[[str], int]]:
     """The step count a schedule spans, and the map from a `when` token to a step.
 
-    For a hires pass (new scheduling) steps are counted through both passes: an integer
-    names a step of the whole run and a fraction above 1 a point in the hires pass, so
-    `[a:b:1.5]` switches half-way through hires. Old scheduling (and no hires pass) reads
-    a value below 1 as a fraction of the steps and anything else as a step number.
+    A number written with a "." is a fraction of the steps, one without a step number.
+    For a hires pass both count through the base pass into the hires one: `[a:b:25]`
+    after 20 base steps switches at hires step 5, `[a:b:1.5]` half-way through hires.
+    Old scheduling ignores the hires pass and instead reads any value below 1 as a
+    fraction and anything else as a step number.
     """
     if hires_steps is None or use_old_scheduling:
         steps, int_offset, fraction_offset = base_steps, 0, 0.0
@@ -330,35 +373,42 @@ def _when_resolver(
     return steps, resolve
 
 
-def _collect_steps(nodes: _Sequence, resolve: Callable[[str], int], steps: int, found: set[int]) -> None:
-    """Add every step at which some part of the prompt changes (unreached branches too)."""
-    for node in nodes:
-        if isinstance(node, _Scheduled):
-            when = resolve(node.when)
-            if when >= 1:
-                found.add(when)
-            if node.before is not None:
-                _collect_steps(node.before, resolve, steps, found)
-            _collect_steps(node.after, resolve, steps, found)
-        elif isinstance(node, _Alternate):
-            found.update(range(1, steps + 1))
-            for option in node.options:
-                _collect_steps(option, resolve, steps, found)
+def _collect_steps(nodes: _Sequence, resolve: Callable[[str], int], steps: int) -> set[int]:
+    """Every step at which some part of the prompt changes, unreached branches included."""
+    found = {steps}
+    pending = [nodes]  # iterative, like the parser: nesting depth is user-controlled
+    while pending:
+        for node in pending.pop():
+            if isinstance(node, _Scheduled):
+                when = resolve(node.when)
+                if when >= 1:
+                    found.add(when)
+                pending.append(node.after)
+                if node.before is not None:
+                    pending.append(node.before)
+            elif isinstance(node, _Alternate):
+                found.update(range(1, steps + 1))
+                pending.extend(node.options)
+    return found
 
 
 def _render(nodes: _Sequence, step: int, resolve: Callable[[str], int]) -> str:
+    """The prompt text in force at `step`."""
     parts: list[str] = []
-    for node in nodes:
-        if isinstance(node, str):
-            parts.append(node)
-        elif isinstance(node, _Scheduled):
-            if step <= resolve(node.when):
-                if node.before is not None:
-                    parts.append(_render(node.before, step, resolve))
+    pending = [iter(nodes)]
+    while pending:
+        for node in pending[-1]:
+            if isinstance(node, str):
+                parts.append(node)
+                continue
+            if isinstance(node, _Scheduled):
+                chosen = (node.before or ()) if step <= resolve(node.when) else node.after
             else:
-                parts.append(_render(node.after, step, resolve))
+                chosen = node.options[(step - 1) % len(node.options)]
+            pending.append(iter(chosen))
+            break
         else:
-            parts.append(_render(node.options[(step - 1) % len(node.options)], step, resolve))
+            pending.pop()
     return "".join(parts)
 
 
@@ -384,9 +434,8 @@ def get_learned_conditioning_prompt_schedules(
         nodes = _ScheduleParser(prompt).parse()
         if nodes is None:
             return [[steps, prompt]]
-        boundaries = {steps}
-        _collect_steps(nodes, resolve, steps, boundaries)
-        return [[step, _render(nodes, step, resolve)] for step in sorted(boundaries)]
+        boundaries = sorted(_collect_steps(nodes, resolve, steps))
+        return [[step, _render(nodes, step, resolve)] for step in boundaries]
 
     by_prompt: dict[str, list[list]] = {}
     for prompt in prompts:
@@ -399,9 +448,9 @@ def prompt_schedule_at(schedule: Sequence[Sequence], step: int) -> str:
     """The text of `schedule` (one prompt's entries) that applies at `step`.
 
     That is the first entry whose end step is >= `step`; past the last entry the last
-    text stays in force. Note that A1111's samplers pass their 0-based model-call counter
-    here (so `[a:b:3]` gives `a` to calls 0..3); callers wanting its exact timing should
-    do the same.
+    text stays in force. For A1111's exact timing note that A1111 looks entries up with
+    its denoiser's 0-based evaluation counter (so `[a:b:3]` gives `a` to evaluations
+    0..3), and that past the last entry it falls back to the first one.
     """
     if not schedule:
         raise ValueError("empty prompt schedule")
