@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from webui.generation.engine import Engine, GenerationResult
-from webui.generation.requests import Txt2ImgRequest
+from webui.generation.requests import Img2ImgRequest, Txt2ImgRequest
 from webui.images.store import ImageStore
 from webui.jobs.queue import Job, JobQueue
 from webui.models.catalog import Catalog, HashCache
@@ -96,20 +96,28 @@ class Easel:
 
     # -- jobs ------------------------------------------------------------------------------------
     def submit_txt2img(self, request: Txt2ImgRequest, owner: str = "anonymous", save: bool = True) -> Job:
+        return self._submit("txt2img", request, owner, save)
+
+    def submit_img2img(self, request: Img2ImgRequest, owner: str = "anonymous", save: bool = True) -> Job:
+        """img2img, sketch and inpainting (a request with a mask) share one job kind and output folder."""
+        return self._submit("img2img", request, owner, save)
+
+    def _submit(self, kind: str, request: Txt2ImgRequest | Img2ImgRequest, owner: str, save: bool) -> Job:
         def run(job: Job) -> SavedResult:
             job.set_stage(f"loading {request.checkpoint or 'default checkpoint'}")
             model = self.load_model(request.checkpoint)
-            result = self.engine.txt2img(model, request, job)
+            engine_call = self.engine.img2img if kind == "img2img" else self.engine.txt2img
+            result = engine_call(model, request, job)
             paths = []
             if save:
                 job.set_stage("saving")
                 paths = [
-                    self.store.save(img, info, "txt2img-images", seed)
+                    self.store.save(img, info, f"{kind}-images", seed)
                     for img, info, seed in zip(result.images, result.infotexts, result.seeds)
                 ]
             return SavedResult(result, paths)
 
-        return self.queue.submit(Job(run=run, description="txt2img", owner=owner))
+        return self.queue.submit(Job(run=run, description=kind, owner=owner))
 
     def submit_load(self, name: str | None, owner: str = "anonymous") -> Job:
         """Load (hot-swap to) a checkpoint between jobs, as a job of its own."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .samplers import resolve_sampler
@@ -14,6 +15,7 @@ from .samplers import resolve_sampler
 MAX_BATCH_SIZE = 8
 MAX_BATCH_COUNT = 100
 MAX_SEED = 2**32 - 1
+MAX_IMAGE_PIXELS = 10000 * 10000
 
 Dimension = Annotated[int | None, Field(default=None, description="pixels, a multiple of 8 from 64 to 4096; "
                                                                 "empty = the checkpoint's trained size")]
@@ -86,3 +88,32 @@ def describe_validation_error(err: ValidationError) -> str:
         else:
             lines.append(f"{field}: {msg}")
     return "; ".join(lines)
+
+
+class Img2ImgRequest(GenerationParams):
+    """img2img, sketch and inpainting: txt2img's parameters plus an init image and, for inpainting, a mask.
+
+    Defaults are A1111's UI defaults (denoising 0.75, mask blur 4, masked content "original", inpaint
+    area "Whole picture", padding 32). `width`/`height` empty = the init image's size (rounded to 8).
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, arbitrary_types_allowed=True)
+
+    init_image: Image.Image = Field(exclude=True, description="the picture to start from")
+    mask: Image.Image | None = Field(None, exclude=True, description="white = regenerate (inpainting)")
+    denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
+    resize_mode: int = Field(0, ge=0, le=3, description="0 Just resize, 1 Crop and resize, 2 Resize and fill, "
+                                                         "3 Just resize (latent upscale)")
+    scale_by: float | None = Field(None, gt=0.0, le=8.0, description="resize by this factor instead of width/height")
+    mask_blur: int = Field(4, ge=0, le=64)
+    inpainting_mask_invert: int = Field(0, ge=0, le=1, description="0 Inpaint masked, 1 Inpaint not masked")
+    inpainting_fill: int = Field(1, ge=0, le=3, description="0 fill, 1 original, 2 latent noise, 3 latent nothing")
+    inpaint_full_res: bool = Field(False, description="Inpaint area: False Whole picture, True Only masked")
+    inpaint_full_res_padding: int = Field(32, ge=0, le=256)
+
+    @field_validator("init_image", "mask")
+    @classmethod
+    def _image_size(cls, v: Image.Image | None) -> Image.Image | None:
+        if v is not None and (v.width * v.height > MAX_IMAGE_PIXELS or min(v.size) < 1):
+            raise ValueError(f"image is {v.width}x{v.height}; Easel takes up to {MAX_IMAGE_PIXELS // 1_000_000} megapixels")
+        return v
