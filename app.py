@@ -1,18 +1,116 @@
-"""Easel entry point: parse flags, build the services once, serve the web UI.
+"""Easel entry point: parse flags, build the services once, serve the web UI and the HTTP API.
 
     python app.py [--port 7860] [--listen] [--share] [--ckpt-dir DIR] [--data-dir DIR] ...
+    python app.py --api [--gradio-auth user:pass] ...     UI at /, API at /sdapi/v1 and /easel/v1, docs at /docs
+    python app.py --nowebui [--api-auth user:pass] ...    API only, port 7861
 
 (`./launch.sh` installs everything into .venv first and then runs this.)
+
+Everything is one FastAPI app on one port: the API routes, then the Gradio UI mounted at `/`, and,
+when any login is configured, one access guard around all of it.
 """
 from __future__ import annotations
 
 import logging
+import secrets
 import sys
+import threading
+import time
+from typing import TYPE_CHECKING
 
-import webui  # noqa: F401  (switches the Hugging Face libraries offline before they are imported)
-from webui.settings import settings_from_args
+import webui  # (switches the Hugging Face libraries offline before they are imported)
+from webui.settings import Settings, settings_from_args
+
+if TYPE_CHECKING:  # the heavy imports wait until the flags are parsed (`--help` stays instant)
+    from fastapi import FastAPI
+
+    from webui.api import ApiLimits
+    from webui.auth import Gate
+    from webui.services import Easel
 
 log = logging.getLogger("easel")
+
+
+def build_app(easel: Easel, settings: Settings, limits: ApiLimits | None = None) -> FastAPI:
+    """The whole ASGI app for these settings (also what the tests serve)."""
+    from fastapi import FastAPI
+
+    from webui.api import build_api_router
+    from webui.auth import AccessGuard, Accounts, Gate
+
+    gate = Gate(Accounts.from_settings(settings))
+    app = FastAPI(
+        title="Easel", version=webui.__version__, redoc_url=None,
+        description="A1111-compatible API (/sdapi/v1) and Easel's job API (/easel/v1).",
+        docs_url="/docs" if settings.api else None, openapi_url="/openapi.json" if settings.api else None,
+    )
+    if settings.api:
+        app.include_router(build_api_router(easel, gate, limits))
+    if not settings.nowebui:
+        mount_ui(app, easel, settings, gate)
+    if gate.enabled:
+        app.add_middleware(AccessGuard, gate=gate)
+    return app
+
+
+def mount_ui(app: FastAPI, easel: Easel, settings: Settings, gate: Gate) -> None:
+    """The Gradio UI at `/`; with logins, Gradio learns each event's user from the same gate."""
+    import gradio as gr
+
+    from webui.ui.layout import build_ui, launch_kwargs
+
+    blocks = build_ui(easel)
+    blocks.queue(default_concurrency_limit=None)
+    gr.mount_gradio_app(
+        app, blocks, path="/",
+        auth_dependency=gate.ui_user if gate.enabled else None,
+        allowed_paths=[str(settings.outputs_dir)],
+        show_error=False,
+        **launch_kwargs(),
+    )
+
+
+def warn_if_open(settings: Settings) -> None:
+    if settings.ui_credentials or settings.api_credentials:
+        return
+    if settings.listen:
+        log.warning("*** --listen: Easel is reachable from other machines WITHOUT a password. ***")
+    if settings.share:
+        log.warning("*** --share: anyone with the public link can use Easel WITHOUT a password "
+                    "(set --gradio-auth user:password). ***")
+
+
+def serve(app: FastAPI, settings: Settings) -> None:
+    """Run the server; with --share also open Gradio's public tunnel to it once it listens."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning"))
+    what = "API" if settings.nowebui else "web UI"
+    if not settings.share:
+        log.info("serving the %s on http://%s:%d", what, settings.host, settings.port)
+        server.run()
+        return
+    thread = threading.Thread(target=server.run, name="easel-http", daemon=True)
+    thread.start()
+    while not server.started and thread.is_alive():
+        time.sleep(0.1)
+    log.info("serving the %s on http://%s:%d", what, settings.host, settings.port)
+    try:
+        log.info("public link: %s", open_share_link(settings))
+    except Exception as e:  # no network, blocked binary, …: the local server keeps running
+        log.error("could not open a share link: %s", e)
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+    except KeyboardInterrupt:
+        server.should_exit = True
+        thread.join(10)
+
+
+def open_share_link(settings: Settings) -> str:
+    from gradio import networking
+
+    return networking.setup_tunnel("127.0.0.1", settings.port, secrets.token_urlsafe(32), None, None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from_args(argv)
 
     from webui.services import Easel
-    from webui.ui.layout import build_ui, launch_kwargs
 
     easel = Easel.create(settings)
     log.info("device %s, dtype %s, %d checkpoint(s) under %s", settings.device, settings.dtype,
@@ -31,19 +128,9 @@ def main(argv: list[str] | None = None) -> int:
             log.info("loaded %s", model.info.title)
         except Exception as e:  # a bad default checkpoint must not stop the UI from starting
             log.error("could not load the default checkpoint: %s", e)
-    if settings.listen:
-        log.warning("*** --listen: Easel is reachable from other machines WITHOUT a password. ***")
-    blocks = build_ui(easel)
-    blocks.queue(default_concurrency_limit=None)
+    warn_if_open(settings)
     try:
-        blocks.launch(
-            server_name=settings.host,
-            server_port=settings.port,
-            share=settings.share,
-            allowed_paths=[str(settings.outputs_dir)],
-            show_error=False,
-            **launch_kwargs(),
-        )
+        serve(build_app(easel, settings), settings)
     finally:
         easel.close()
     return 0

@@ -5,6 +5,7 @@ import argparse
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,7 +40,92 @@ def build_parser() -> argparse.ArgumentParser:
                      help="use xformers attention when installed and on CUDA, else PyTorch SDPA (the default)")
     dev.add_argument("--skip-load-model-at-start", action="store_true",
                      help="do not load the default checkpoint at start; it loads on first use")
+    add_access_arguments(p)
     return p
+
+
+def add_access_arguments(p: argparse.ArgumentParser) -> None:
+    """The HTTP API and who may use Easel (A1111's flag names)."""
+    acc = p.add_argument_group("API and access")
+    acc.add_argument("--api", action="store_true",
+                     help="also serve A1111's HTTP API (/sdapi/v1/...) and Easel's (/easel/v1/...); docs at /docs")
+    acc.add_argument("--nowebui", action="store_true",
+                     help="serve only the HTTP API, no web UI (default port 7861)")
+    acc.add_argument("--gradio-auth", metavar="USER:PASS[,USER:PASS]", default=None,
+                     help="require a login for everything; a password may contain ':' (not ',')")
+    acc.add_argument("--gradio-auth-path", metavar="FILE", type=Path, default=None,
+                     help="read logins from a file: USER:PASS per line, or comma-separated")
+    acc.add_argument("--api-auth", metavar="USER:PASS[,USER:PASS]", default=None,
+                     help="logins for the HTTP API (HTTP Basic); without it the API takes the --gradio-auth logins")
+    acc.add_argument("--admin-users", metavar="USER[,USER]", default=None,
+                     help="users who may interrupt anyone's job (default: the first login given)")
+
+
+SECRET_FLAGS = ("gradio_auth", "gradio_auth_path", "api_auth")
+
+
+def parse_credentials(text: str, source: str) -> dict[str, str]:
+    """`user:pass[,user:pass]` -> {user: pass}. Splits at the first ':' so passwords may hold ':'.
+
+    Raises ValueError naming `source` (the flag or file) but never echoing a password.
+    """
+    users: dict[str, str] = {}
+    for n, item in enumerate((part.strip() for part in text.split(",")), start=1):
+        if not item:
+            continue
+        user, sep, password = item.partition(":")
+        user = user.strip()
+        if not sep or not user or not password:
+            raise ValueError(f"{source}: entry {n} is not USER:PASSWORD")
+        if user in users:
+            raise ValueError(f"{source}: user {user!r} is given twice")
+        users[user] = password
+    return users
+
+
+def read_credentials_file(path: Path) -> dict[str, str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ValueError(f"--gradio-auth-path: cannot read {path}: {e.strerror or e}") from None
+    users: dict[str, str] = {}
+    for line in text.splitlines():
+        for user, password in parse_credentials(line, f"--gradio-auth-path {path}").items():
+            if user in users:
+                raise ValueError(f"--gradio-auth-path {path}: user {user!r} is given twice")
+            users[user] = password
+    return users
+
+
+def credentials_from_args(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, str]]:
+    """(UI logins, API logins) from the flags."""
+    ui = parse_credentials(args.gradio_auth, "--gradio-auth") if args.gradio_auth else {}
+    if args.gradio_auth_path is not None:
+        for user, password in read_credentials_file(args.gradio_auth_path).items():
+            if user in ui:
+                raise ValueError(f"user {user!r} is in both --gradio-auth and --gradio-auth-path")
+            ui[user] = password
+    api = parse_credentials(args.api_auth, "--api-auth") if args.api_auth else {}
+    return ui, api
+
+
+def admins_from_args(args: argparse.Namespace, known: set[str]) -> tuple[str, ...]:
+    admins = tuple(u.strip() for u in (args.admin_users or "").split(",") if u.strip())
+    if admins and not known:
+        raise ValueError("--admin-users needs logins (--gradio-auth, --gradio-auth-path or --api-auth)")
+    if unknown := [u for u in admins if u not in known]:
+        raise ValueError(f"--admin-users: {', '.join(map(repr, unknown))} has no login")
+    return admins
+
+
+def public_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags as given, JSON-friendly, with every login blanked (for /sdapi/v1/cmd-flags)."""
+    flags = {}
+    for key, value in vars(args).items():
+        if key in SECRET_FLAGS and value:
+            value = "<hidden>"
+        flags[key] = str(value) if isinstance(value, Path) else value
+    return flags
 
 
 @dataclass
@@ -54,6 +140,12 @@ class Settings:
     dtype: torch.dtype = torch.float32
     xformers: bool = False
     skip_load_model_at_start: bool = False
+    api: bool = False
+    nowebui: bool = False
+    ui_credentials: dict[str, str] = field(default_factory=dict, repr=False)
+    api_credentials: dict[str, str] = field(default_factory=dict, repr=False)
+    admin_users: tuple[str, ...] = ()
+    cmd_flags: dict[str, Any] = field(default_factory=dict, repr=False)  # logins blanked
 
     @property
     def models_dir(self) -> Path:
@@ -102,11 +194,17 @@ def pick_dtype(precision: str, no_half: bool, device: torch.device) -> torch.dty
 
 
 def settings_from_args(argv: list[str] | None = None) -> Settings:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        ui_credentials, api_credentials = credentials_from_args(args)
+        admin_users = admins_from_args(args, set(ui_credentials) | set(api_credentials))
+    except ValueError as e:
+        parser.error(str(e))
     device = pick_device(args.device)
     return Settings(
         data_dir=args.data_dir.resolve(),
-        port=args.port or 7860,
+        port=args.port or (7861 if args.nowebui else 7860),
         listen=args.listen,
         share=args.share,
         ckpt_dir=args.ckpt_dir.resolve() if args.ckpt_dir else None,
@@ -115,4 +213,10 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         dtype=pick_dtype(args.precision, args.no_half, device),
         xformers=args.xformers,
         skip_load_model_at_start=args.skip_load_model_at_start,
+        api=args.api or args.nowebui,
+        nowebui=args.nowebui,
+        ui_credentials=ui_credentials,
+        api_credentials=api_credentials,
+        admin_users=admin_users,
+        cmd_flags=public_flags(args),
     )

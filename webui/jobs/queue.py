@@ -1,9 +1,15 @@
-"""The job queue: one worker thread per device runs jobs one at a time, in submission order.
+"""The job queue: one worker thread per device runs jobs one at a time, fairly between owners.
 
-Every generation, from the UI or the API, becomes a `Job` with an id. The job carries its own
+Every generation, from the UI or the API, becomes a `Job` with an id, an owner (the signed-in
+user, or the browser session / API client) and the checkpoint it needs. The job carries its own
 progress (step, total, ETA, latest latents for previews) and its own stop flag, so interrupting one
-job never touches another; there is no global "state" object. The later multi-user work adds
-owners and fair ordering here, not a second mechanism.
+job never touches another; there is no global "state" object.
+
+Order: round-robin between owners, each owner's own jobs first-in first-out. Within a round (every
+owner with work gets one turn before anyone gets a second), an owner whose next job needs the
+checkpoint that is already loaded goes first, which saves a model swap without making anyone wait
+more than one round. Models are swapped by the jobs themselves, so a swap only ever happens
+between two jobs, never during one.
 """
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable
@@ -36,6 +42,7 @@ class Job:
     run: Callable[["Job"], Any]  # the work; receives the job as its progress sink
     description: str = ""
     owner: str = "anonymous"
+    checkpoint: str | None = None  # the checkpoint the job will load; None = whatever is loaded
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     state: JobState = JobState.QUEUED
     step: int = 0
@@ -49,6 +56,8 @@ class Job:
     latest_latents: torch.Tensor | None = field(default=None, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
+    _callbacks: list[Callable[["Job"], None]] = field(default_factory=list, repr=False)
+    _callbacks_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # -- the ProgressSink the engine talks to ---------------------------------------------------
     def on_step(self, step: int, total_steps: int, latents: torch.Tensor | None = None) -> None:
@@ -91,6 +100,32 @@ class Job:
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
 
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def add_done_callback(self, callback: Callable[["Job"], None]) -> None:
+        """Call `callback(job)` once the job has finished (at once if it already has).
+
+        Lets async code (the HTTP API) await a job without parking a thread in `wait()`. The callback
+        runs on the worker thread and must be quick (e.g. `loop.call_soon_threadsafe`).
+        """
+        with self._callbacks_lock:
+            if not self._done.is_set():
+                self._callbacks.append(callback)
+                return
+        callback(self)
+
+    def _mark_done(self) -> None:
+        with self._callbacks_lock:
+            self._done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback(self)
+            except Exception:  # a listener's bug must not take the worker down
+                log.exception("done-callback of job %s failed", self.id)
+
     def progress_text(self) -> str:
         if self.state is JobState.QUEUED:
             return "waiting in queue"
@@ -103,12 +138,97 @@ class Job:
         return self.state.value
 
 
+class FairOrder:
+    """Which queued job runs next: round-robin between owners, same-checkpoint jobs first within a round.
+
+    Not thread-safe by itself; `JobQueue` holds its lock around every call. Kept apart from the
+    queue so the policy can be tested, and the predicted order (`plan`) shown, without a worker.
+    """
+
+    def __init__(self) -> None:
+        self._queues: OrderedDict[str, deque[Job]] = OrderedDict()  # owner -> their jobs; order = rotation
+        self._served: set[str] = set()  # owners who had their turn in the current round
+        self.loaded: str | None = None  # checkpoint of the last job that named one
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def __contains__(self, job: Job) -> bool:
+        return job in self._queues.get(job.owner, ())
+
+    def add(self, job: Job) -> None:
+        self._queues.setdefault(job.owner, deque()).append(job)
+
+    def remove(self, job: Job) -> bool:
+        queue = self._queues.get(job.owner)
+        if queue is None or job not in queue:
+            return False
+        queue.remove(job)
+        if not queue:
+            del self._queues[job.owner]
+        return True
+
+    def jobs(self) -> list[Job]:
+        return [job for queue in self._queues.values() for job in queue]
+
+    def pop(self) -> Job | None:
+        """Take the next job to run and advance the round."""
+        owner, new_round = self._next_owner(self._queues, self._served, self.loaded)
+        if owner is None:
+            return None
+        if new_round:
+            self._served.clear()
+        self._served.add(owner)
+        queue = self._queues.pop(owner)
+        job = queue.popleft()
+        if queue:
+            self._queues[owner] = queue  # re-inserted: the owner moves to the back of the rotation
+        if job.checkpoint is not None:
+            self.loaded = job.checkpoint
+        return job
+
+    def plan(self) -> list[Job]:
+        """All queued jobs in the order they will run if nothing else is submitted."""
+        queues = OrderedDict((o, deque(q)) for o, q in self._queues.items())
+        served, loaded, order = set(self._served), self.loaded, []
+        while True:
+            owner, new_round = self._next_owner(queues, served, loaded)
+            if owner is None:
+                return order
+            if new_round:
+                served.clear()
+            served.add(owner)
+            queue = queues.pop(owner)
+            job = queue.popleft()
+            if queue:
+                queues[owner] = queue
+            loaded = job.checkpoint if job.checkpoint is not None else loaded
+            order.append(job)
+
+    @staticmethod
+    def _next_owner(
+        queues: OrderedDict[str, deque[Job]], served: set[str], loaded: str | None
+    ) -> tuple[str | None, bool]:
+        """(owner whose turn it is, whether that starts a new round)."""
+        owners = [o for o, q in queues.items() if q]
+        if not owners:
+            return None, False
+        waiting = [o for o in owners if o not in served]
+        new_round = not waiting
+        candidates = owners if new_round else waiting
+        for owner in candidates:
+            wanted = queues[owner][0].checkpoint
+            if wanted is not None and wanted == loaded:
+                return owner, new_round
+        return candidates[0], new_round
+
+
 class JobQueue:
-    """FIFO queue with one worker thread (the one device's). Thread-safe."""
+    """Fair queue with one worker thread (the one device's). Thread-safe."""
 
     def __init__(self, name: str = "easel-worker", keep_finished: int = 200):
         self._cond = threading.Condition()
-        self._pending: deque[Job] = deque()
+        self._order = FairOrder()
         self._jobs: dict[str, Job] = {}
         self._finished_order: deque[str] = deque()
         self._keep_finished = keep_finished
@@ -122,7 +242,7 @@ class JobQueue:
             if self._closed:
                 raise RuntimeError("the job queue is shut down")
             self._jobs[job.id] = job
-            self._pending.append(job)
+            self._order.add(job)
             self._cond.notify_all()
         return job
 
@@ -134,7 +254,7 @@ class JobQueue:
         """0 = running (or finished), 1 = next in line, …"""
         with self._cond:
             try:
-                return self._pending.index(job) + 1
+                return self._order.plan().index(job) + 1
             except ValueError:
                 return 0
 
@@ -144,28 +264,39 @@ class JobQueue:
             return self._current
 
     def pending(self) -> list[Job]:
+        """Queued jobs in the order they are expected to run."""
         with self._cond:
-            return list(self._pending)
+            return self._order.plan()
 
-    def interrupt(self, job_id: str) -> bool:
-        """Stop one job: a queued job is dropped, a running one stops at its next step."""
+    def jobs_of(self, owner: str) -> list[Job]:
+        """The owner's known jobs (queued, running and recently finished), oldest first."""
+        with self._cond:
+            return sorted((j for j in self._jobs.values() if j.owner == owner), key=lambda j: j.created)
+
+    def interrupt(self, job_id: str, *, by: str | None = None, admin: bool = False) -> bool:
+        """Stop one job: a queued job is dropped, a running one stops at its next step.
+
+        With `by` (the requesting owner), only that owner's jobs may be stopped unless `admin`:
+        anyone else's raises PermissionError. Returns False when the job is unknown.
+        """
         with self._cond:
             job = self._jobs.get(job_id)
             if job is None:
                 return False
+            if by is not None and not admin and job.owner != by:
+                raise PermissionError(f"job {job_id} belongs to another user")
             job.interrupt()
-            if job in self._pending:
-                self._pending.remove(job)
+            if self._order.remove(job):
                 self._finish(job, JobState.INTERRUPTED)
             return True
 
     def shutdown(self, timeout: float = 5.0) -> None:
         with self._cond:
             self._closed = True
-            for job in list(self._pending):
+            for job in self._order.jobs():
                 job.interrupt()
+                self._order.remove(job)
                 self._finish(job, JobState.INTERRUPTED)
-            self._pending.clear()
             if self._current is not None:
                 self._current.interrupt()
             self._cond.notify_all()
@@ -175,19 +306,19 @@ class JobQueue:
         job.state = state
         job.finished = time.time()
         job.latest_latents = None
-        job._done.set()
         self._finished_order.append(job.id)
         while len(self._finished_order) > self._keep_finished:
             self._jobs.pop(self._finished_order.popleft(), None)
+        job._mark_done()
 
     def _work(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and not self._closed:
+                while not len(self._order) and not self._closed:
                     self._cond.wait()
-                if self._closed and not self._pending:
+                job = self._order.pop()
+                if job is None:  # closed and drained
                     return
-                job = self._pending.popleft()
                 self._current = job
                 job.state = JobState.RUNNING
                 job.started = time.time()
@@ -204,5 +335,3 @@ class JobQueue:
             with self._cond:
                 self._current = None
                 self._finish(job, state)
-
-

@@ -1,0 +1,227 @@
+"""What every API route shares: the Easel services, who is calling, their options, and the limits.
+
+One `ApiContext` is built per app (in `build_api_router`) and closed over by the routes; nothing
+here is module-level state. The caller is the signed-in user when auth is on (the same owner name
+the web UI uses, so one person's UI and API jobs share one fair turn), otherwise the API client:
+its `X-Easel-Client` header, or its address.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Callable
+
+from fastapi import Header, Request
+from pydantic import ValidationError
+
+from webui.auth import ANONYMOUS, Gate
+from webui.generation.requests import Txt2ImgRequest
+from webui.jobs.queue import Job
+from webui.models.catalog import CheckpointInfo
+from webui.models.errors import CheckpointNotFound
+from webui.services import Easel
+
+from .errors import ApiError, field_error, validation_response
+from .schemas import ApiOptions, ApiTxt2ImgRequest
+
+CLIENT_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,64}$")
+_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+@dataclass(frozen=True)
+class Caller:
+    owner: str  # the queue owner every job of this caller gets
+    user: str | None = None  # the signed-in user, when auth is on
+    admin: bool = False
+
+    def may_see(self, job: Job) -> bool:
+        return self.admin or job.owner == self.owner
+
+
+@dataclass(frozen=True)
+class ApiLimits:
+    """Caps a shared instance may put on one request (None = only the request types' own limits)."""
+
+    max_steps: int | None = None
+    max_pixels: int | None = None  # width * height
+    max_images: int | None = None  # batch_size * n_iter
+
+
+@dataclass
+class Submission:
+    """A queued API job with what the response needs to describe it."""
+
+    job: Job
+    body: ApiTxt2ImgRequest
+    checkpoint: CheckpointInfo
+    ignored: list[str] = field(default_factory=list)
+
+
+class OptionsStore:
+    """Each owner's options; the least recently used are forgotten beyond `capacity`."""
+
+    def __init__(self, capacity: int = 1000):
+        self._lock = threading.Lock()
+        self._items: OrderedDict[str, ApiOptions] = OrderedDict()
+        self._capacity = capacity
+
+    def get(self, owner: str) -> ApiOptions:
+        with self._lock:
+            options = self._items.get(owner)
+            if options is not None:
+                self._items.move_to_end(owner)
+            return options.model_copy() if options is not None else ApiOptions()
+
+    def put(self, owner: str, options: ApiOptions) -> None:
+        with self._lock:
+            self._items[owner] = options
+            self._items.move_to_end(owner)
+            while len(self._items) > self._capacity:
+                self._items.popitem(last=False)
+
+
+def looks_like_path(name: str) -> bool:
+    """A name that tries to step out of the checkpoint folders: absolute, drive-rooted or with `..`."""
+    parts = re.split(r"[\\/]", name)
+    return (name.startswith(("/", "\\")) or bool(_WINDOWS_DRIVE.match(name)) or ".." in parts
+            or "\x00" in name or name.startswith("~"))
+
+
+class ApiContext:
+    def __init__(self, easel: Easel, gate: Gate | None = None, limits: ApiLimits | None = None):
+        self.easel = easel
+        self.gate = gate
+        self.limits = limits or ApiLimits()
+        self.options = OptionsStore()
+
+    # -- who is calling ----------------------------------------------------------------------------
+    def caller(self, request: Request, client_id: str | None) -> Caller:
+        if self.gate is not None and self.gate.enabled:
+            user = self.gate.user_of(request)
+            if user is None:  # only reachable if the AccessGuard was left out of the app
+                raise ApiError(401, "sign in with HTTP Basic auth")
+            return Caller(owner=user, user=user, admin=self.gate.accounts.is_admin(user))
+        if client_id is not None:
+            if not CLIENT_ID.match(client_id):
+                raise ApiError(422, "1 to 64 letters, digits or ._:@-", "X-Easel-Client")
+            return Caller(owner=f"api:{client_id}")
+        host = request.client.host if request.client else ANONYMOUS
+        return Caller(owner=f"api:{host}")
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def resolve_checkpoint(self, name: str | None, field_name: str) -> CheckpointInfo:
+        """A checkpoint from the catalog only; a name is never used as a path."""
+        if name is not None and looks_like_path(name.strip()):
+            raise field_error(field_name, "must be a checkpoint title, name or hash from /sdapi/v1/sd-models, "
+                                          "not a file path")
+        try:
+            return self.easel.manager.resolve(name.strip() if name else None)
+        except CheckpointNotFound as e:
+            raise field_error(field_name, str(e)) from None
+
+    def options_view(self, owner: str) -> dict[str, Any]:
+        options = self.options.get(owner)
+        try:
+            info = self.resolve_checkpoint(options.sd_model_checkpoint, "sd_model_checkpoint")
+        except ApiError:
+            info = None
+        view = options.model_dump()
+        view["sd_model_checkpoint"] = info.title if info else options.sd_model_checkpoint
+        view["sd_checkpoint_hash"] = info.sha256 if info else None
+        return view
+
+    def update_options(self, owner: str, changes: dict[str, Any]) -> tuple[list[str], list[str]]:
+        """Validate and store the known keys; (updated, ignored)."""
+        known = {k: v for k, v in changes.items() if k in ApiOptions.model_fields and v is not None}
+        ignored = sorted(k for k in changes if k not in ApiOptions.model_fields)
+        current = self.options.get(owner)
+        try:
+            updated = ApiOptions.model_validate(current.model_dump() | known)
+        except ValidationError as e:
+            raise _RequestError(e) from None
+        if "sd_model_checkpoint" in known:
+            info = self.resolve_checkpoint(updated.sd_model_checkpoint, "sd_model_checkpoint")
+            updated.sd_model_checkpoint = info.title
+        self.options.put(owner, updated)
+        return sorted(known), ignored
+
+    # -- jobs --------------------------------------------------------------------------------------
+    def prepare_txt2img(self, body: ApiTxt2ImgRequest, caller: Caller) -> tuple[Txt2ImgRequest, CheckpointInfo]:
+        """The engine request: the checkpoint pinned (so another user's swap never changes it) and the
+        caller's options and this request's `override_settings` applied."""
+        options = self.options.get(caller.owner)
+        overrides = self._overrides(body)
+        if body.checkpoint:
+            name, source = body.checkpoint, "checkpoint"
+        elif overrides.get("sd_model_checkpoint"):
+            name, source = overrides["sd_model_checkpoint"], "override_settings.sd_model_checkpoint"
+        else:
+            name, source = options.sd_model_checkpoint, "checkpoint"
+        info = self.resolve_checkpoint(name, source)
+        changes: dict[str, Any] = {"checkpoint": info.name}
+        if "clip_skip" not in body.model_fields_set:
+            changes["clip_skip"] = overrides.get("CLIP_stop_at_last_layers", options.CLIP_stop_at_last_layers)
+        request = body.core(**changes)
+        self._check_limits(request, info)
+        return request, info
+
+    @staticmethod
+    def _overrides(body: ApiTxt2ImgRequest) -> dict[str, Any]:
+        known = {k: v for k, v in body.override_settings.items() if k in ApiOptions.model_fields and v is not None}
+        try:
+            ApiOptions.model_validate(known)
+        except ValidationError as e:
+            errors = [{**err, "loc": ("override_settings", *err["loc"])} for err in e.errors()]
+            raise _RequestError(errors) from None
+        return known
+
+    def _check_limits(self, request: Txt2ImgRequest, info: CheckpointInfo) -> None:
+        limits = self.limits
+        if limits.max_steps is not None and request.steps > limits.max_steps:
+            raise field_error("steps", f"at most {limits.max_steps} on this server")
+        if limits.max_images is not None and request.total_images > limits.max_images:
+            raise field_error("n_iter", f"batch_size * n_iter is at most {limits.max_images} on this server")
+        if limits.max_pixels is not None:
+            width, height = request.width, request.height
+            if width is None or height is None:
+                default = self.easel.default_size_for(info.name)
+                width, height = width or default[0], height or default[1]
+            if width * height > limits.max_pixels:
+                raise field_error("width", f"width * height is at most {limits.max_pixels} pixels on this server")
+
+    def submit_txt2img(self, body: ApiTxt2ImgRequest, caller: Caller) -> Submission:
+        request, info = self.prepare_txt2img(body, caller)
+        job = self.easel.submit_txt2img(request, owner=caller.owner, save=body.save_images)
+        ignored = body.ignored_fields() + sorted(k for k in body.override_settings if k not in ApiOptions.model_fields)
+        return Submission(job, body, info, ignored)
+
+    def visible_job(self, job_id: str, caller: Caller) -> Job:
+        """A job the caller may see (their own; any for an admin). Others' are reported as missing."""
+        job = self.easel.queue.get(job_id)
+        if job is None or not caller.may_see(job):
+            raise ApiError(404, f"no job {job_id!r} of yours (finished jobs are kept for a while only)")
+        return job
+
+
+ClientHeader = Annotated[str | None, Header(alias="X-Easel-Client", description=(
+    "without auth: names the client, so several clients on one machine get separate queues and options"))]
+
+
+def caller_dependency(ctx: ApiContext) -> Callable[..., Caller]:
+    """The FastAPI dependency that names the caller of a route."""
+    def caller(request: Request, client: ClientHeader = None) -> Caller:
+        return ctx.caller(request, client)
+    return caller
+
+
+class _RequestError(ApiError):
+    """Pydantic errors raised outside FastAPI's own validation, in the same JSON shape."""
+
+    def __init__(self, errors: Any):
+        self.errors = errors.errors() if isinstance(errors, ValidationError) else list(errors)
+        super().__init__(422, "invalid request")
+
+    def response(self):  # type: ignore[override]
+        return validation_response(self.errors)

@@ -1,0 +1,84 @@
+"""How the API says no: every refusal is a 4xx JSON body whose `detail` names the field.
+
+FastAPI's own 422 shape (`{"detail": [{"loc", "msg", "type"}]}`) is kept so existing A1111 clients
+read it, with a `field` per problem and one `message` line for people. `EaselRoute` applies it to
+Easel's routes only (Gradio's routes keep their own handlers), and never echoes the input: a
+multi-megabyte base64 image does not come back in an error.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Coroutine, Iterable
+
+from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import ValidationError
+
+
+class ApiError(Exception):
+    """A refusal with its HTTP status and the field at fault (None when no one field is)."""
+
+    def __init__(self, status: int, message: str, field: str | None = None, error: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+        self.error = error or {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
+                               409: "Conflict", 422: "ValidationError"}.get(status, "Error")
+
+    def response(self) -> JSONResponse:
+        field, message = (printable(self.field) if self.field else None), printable(self.message)
+        text = f"{field}: {message}" if field else message
+        detail = [{"loc": ["body", *field.split(".")] if field else [], "field": field,
+                   "msg": message, "type": self.error}]
+        return JSONResponse({"error": self.error, "message": text, "detail": detail}, status_code=self.status)
+
+
+def field_error(field: str, message: str) -> ApiError:
+    return ApiError(422, message, field)
+
+
+def printable(text: Any) -> str:
+    """Text that is safe to put in a JSON response (lone surrogates escaped)."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _field_of(loc: Iterable[Any], msg: str) -> str:
+    parts = [printable(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+    if parts:
+        return ".".join(parts)
+    head = msg.split(":", 1)[0]  # model-level validators start their message with the field name
+    return head if ":" in msg and head.replace("_", "").isalnum() else "body"
+
+
+def validation_response(errors: Iterable[dict]) -> JSONResponse:
+    detail, lines = [], []
+    for e in errors:
+        msg = printable(e.get("msg", "invalid")).removeprefix("Value error, ")
+        field = _field_of(e.get("loc", ()), msg)
+        if msg.startswith(f"{field}: "):
+            msg = msg[len(field) + 2:]
+        detail.append({"loc": [printable(p) for p in e.get("loc", ())], "field": field, "msg": msg,
+                       "type": str(e.get("type", "value_error"))})
+        lines.append(f"{field}: {msg}")
+    return JSONResponse({"error": "ValidationError", "message": "; ".join(lines), "detail": detail}, status_code=422)
+
+
+class EaselRoute(APIRoute):
+    """An APIRoute whose validation errors and ApiErrors become the JSON above."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except (RequestValidationError, ValidationError) as e:
+                return validation_response(e.errors())
+            except ApiError as e:
+                return e.response()
+
+        return handle

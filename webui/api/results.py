@@ -1,0 +1,138 @@
+"""Finished jobs in A1111's response shapes: base64 images, `parameters`, and the `info` JSON."""
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import json
+from typing import Any
+
+from webui import __version__
+from webui.generation.engine import GenerationResult
+from webui.images.infotext import parse_infotext
+from webui.jobs.queue import Job, JobQueue
+from webui.services import SavedResult
+
+from .context import Submission
+from .images import encode_png, latent_preview
+from .schemas import GenerationResponse, JobStatus
+
+
+async def wait_for(job: Job, queue: JobQueue) -> None:
+    """Wait for a job without holding a thread; if the wait is cancelled (server shutting down),
+    the job is stopped rather than left running for nobody."""
+    loop = asyncio.get_running_loop()
+    finished = asyncio.Event()
+    job.add_done_callback(lambda _job: loop.call_soon_threadsafe(finished.set))
+    try:
+        await finished.wait()
+    except asyncio.CancelledError:
+        queue.interrupt(job.id)
+        raise
+
+
+def job_timestamp(job: Job) -> str:
+    """A1111's job timestamp: when the job started (or was queued), as YYYYmmddHHMMSS."""
+    return _dt.datetime.fromtimestamp(job.started or job.created).strftime("%Y%m%d%H%M%S")
+
+
+def generation_result(job: Job) -> GenerationResult | None:
+    saved = job.result
+    return saved.result if isinstance(saved, SavedResult) else None
+
+
+def a1111_info(job: Job, submission: Submission | None = None) -> dict[str, Any]:
+    """A1111's `info` for a txt2img job: what was actually run (resolved seeds, size, model)."""
+    result = generation_result(job)
+    if result is None:  # interrupted while queued, or failed before the first image
+        return {"job_id": job.id, "interrupted": job.interrupted, "error": job.error, "infotexts": [],
+                "all_seeds": [], "all_subseeds": [], "images": 0}
+    req = result.request
+    first = parse_infotext(result.infotexts[0]) if result.infotexts else {}
+    checkpoint = submission.checkpoint if submission else None
+    count = len(result.images)
+    extra = {k: first[k] for k in ("Clip skip", "Schedule type", "Variation seed", "Variation seed strength") if k in first}
+    info: dict[str, Any] = {
+        "prompt": req.prompt,
+        "all_prompts": [req.prompt] * count,
+        "negative_prompt": req.negative_prompt,
+        "all_negative_prompts": [req.negative_prompt] * count,
+        "seed": result.seeds[0] if result.seeds else req.seed,
+        "all_seeds": result.seeds,
+        "subseed": result.subseeds[0] if result.subseeds else req.subseed,
+        "all_subseeds": result.subseeds,
+        "subseed_strength": req.subseed_strength,
+        "width": req.width,
+        "height": req.height,
+        "sampler_name": req.sampler_name,
+        "scheduler": req.scheduler,
+        "cfg_scale": req.cfg_scale,
+        "steps": req.steps,
+        "batch_size": req.batch_size,
+        "n_iter": req.n_iter,
+        "restore_faces": False,
+        "face_restoration_model": None,
+        "sd_model_name": first.get("Model") or (checkpoint.model_name if checkpoint else None),
+        "sd_model_hash": first.get("Model hash") or (checkpoint.shorthash if checkpoint else None),
+        "sd_vae_name": None,
+        "sd_vae_hash": None,
+        "seed_resize_from_w": -1,
+        "seed_resize_from_h": -1,
+        "denoising_strength": None,
+        "extra_generation_params": extra,
+        "index_of_first_image": 0,
+        "infotexts": result.infotexts,
+        "styles": [],
+        "job_timestamp": job_timestamp(job),
+        "clip_skip": req.clip_skip,
+        "is_using_inpainting_conditioning": False,
+        "version": f"easel-{__version__}",
+        "job_id": job.id,
+        "interrupted": result.interrupted,
+        "seconds": round(result.seconds, 3),
+    }
+    if submission is not None:
+        info["easel_ignored"] = submission.ignored
+    return info
+
+
+def encoded_images(job: Job) -> list[str]:
+    result = generation_result(job)
+    if result is None:
+        return []
+    return [encode_png(image, text) for image, text in zip(result.images, result.infotexts)]
+
+
+def generation_response(submission: Submission) -> GenerationResponse:
+    job, body = submission.job, submission.body
+    return GenerationResponse(
+        images=encoded_images(job) if body.send_images else [],
+        parameters=body.model_dump(mode="json"),
+        info=json.dumps(a1111_info(job, submission), ensure_ascii=False),
+    )
+
+
+def job_status(job: Job, queue: JobQueue, with_images: bool = True) -> JobStatus:
+    finished = job.done
+    return JobStatus(
+        id=job.id,
+        kind=job.description,
+        owner=job.owner,
+        state=job.state,
+        stage=job.stage,
+        progress=job.progress,
+        eta_seconds=job.eta_seconds,
+        position=queue.position(job),
+        step=job.step,
+        total_steps=job.total_steps,
+        error=job.error,
+        created=job.created,
+        started=job.started,
+        finished=job.finished,
+        images=encoded_images(job) if finished and with_images else None,
+        info=a1111_info(job) if finished and job.description == "txt2img" else None,
+    )
+
+
+def preview_base64(job: Job) -> str | None:
+    image = latent_preview(job.latest_latents)
+    return encode_png(image, None) if image is not None else None

@@ -1,0 +1,257 @@
+"""The API's request and response models, derived from the job request types.
+
+`ApiTxt2ImgRequest` *is* a `Txt2ImgRequest` (same fields, defaults, limits and validators) plus
+the A1111 fields that only matter over HTTP: `override_settings`, `save_images`, `send_images`,
+`sampler_index`. Anything else an A1111 client sends (`alwayson_scripts`, `script_args`, `enable_hr`,
+`restore_faces`, …) is accepted, kept in `model_extra`, echoed in `parameters` and named in the
+`info` as ignored, never silently treated as applied. `null` means "the default", as A1111 clients
+send it. An img2img request type becomes `ApiImg2ImgRequest(Img2ImgRequest, A1111Fields)` the same way.
+"""
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+from webui.generation.requests import GenerationParams, Txt2ImgRequest
+from webui.jobs.queue import JobState
+
+# -- requests --------------------------------------------------------------------------------------
+
+
+def _printable(key: Any) -> str:
+    return str(key).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def json_problem(value: Any) -> str | None:
+    """Where parsed JSON holds what cannot be echoed back as JSON or written into a PNG: NaN or
+    ±Infinity (Python's parser accepts them) or a lone surrogate (legal as a JSON escape)."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return f"{path.lstrip('.') or 'body'}: NaN and Infinity are not JSON numbers"
+        if isinstance(item, str) and not _utf8_ok(item):
+            return f"{path.lstrip('.') or 'body'}: contains invalid Unicode (a lone surrogate)"
+        if isinstance(item, dict):
+            for k, v in item.items():
+                if not _utf8_ok(str(k)):
+                    return f"{path.lstrip('.') or 'body'}: a key contains invalid Unicode (a lone surrogate)"
+                stack.append((f"{path}.{_printable(k)}", v))
+        elif isinstance(item, list):
+            stack.extend((f"{path}.{i}", v) for i, v in enumerate(item))
+    return None
+
+
+def _utf8_ok(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+class JsonSafe(BaseModel):
+    """Refuses, naming the field, values that would break the response or the PNG later."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _json_safe(cls, data: Any) -> Any:
+        if (problem := json_problem(data)) is not None:
+            raise ValueError(problem)
+        return data
+
+
+class A1111Fields(JsonSafe):
+    """The A1111 API fields that are about the HTTP call rather than the image."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    sampler_index: str | None = Field(None, description="A1111's old name for sampler_name; used only when "
+                                                        "sampler_name is not given")
+    override_settings: dict[str, Any] = Field(default_factory=dict, description=(
+        "options for this request only (sd_model_checkpoint, CLIP_stop_at_last_layers); never changes "
+        "anyone's options"))
+    override_settings_restore_afterwards: bool = Field(True, description="always effectively true in Easel")
+    save_images: bool = Field(False, description="also write the PNGs to outputs/ (A1111's API default: false)")
+    send_images: bool = Field(True, description="return the images in the response")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a1111_conventions(cls, data: Any) -> Any:
+        """null = the default; `sampler_index` stands in for a missing `sampler_name`."""
+        if not isinstance(data, dict):
+            return data
+        data = {k: v for k, v in data.items()
+                if not (v is None and k in cls.model_fields and cls.model_fields[k].default is not None)}
+        if "sampler_name" not in data and isinstance(data.get("sampler_index"), str):
+            data["sampler_name"] = data["sampler_index"]
+        return data
+
+    def ignored_fields(self) -> list[str]:
+        """Extra A1111 fields given a value Easel does not act on (false/empty/-1/0 are no request)."""
+        return sorted(k for k, v in (self.model_extra or {}).items() if v not in (None, False, "", [], {}, -1, 0))
+
+
+class ApiTxt2ImgRequest(Txt2ImgRequest, A1111Fields):
+    """POST /sdapi/v1/txt2img: Easel's txt2img request in A1111's dialect."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    def core(self, **changes: Any) -> Txt2ImgRequest:
+        """The plain job request the engine runs (validated again, with `changes` applied)."""
+        fields = self.model_dump(include=set(Txt2ImgRequest.model_fields))
+        return Txt2ImgRequest.model_validate(fields | changes)
+
+
+class EaselTxt2ImgJob(ApiTxt2ImgRequest):
+    """POST /easel/v1/jobs: the same request, queued instead of waited for."""
+
+    kind: Literal["txt2img"] = Field("txt2img", description="the job type (img2img and inpaint follow)")
+
+
+_CLIP_SKIP = GenerationParams.model_fields["clip_skip"]
+
+
+class ApiOptions(BaseModel):
+    """The options Easel actually uses. Each caller (user, or API client) has their own set."""
+
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+
+    sd_model_checkpoint: str | None = Field(None, description="checkpoint for requests that name none "
+                                                              "(title, name or hash from /sdapi/v1/sd-models)")
+    CLIP_stop_at_last_layers: Annotated[int, *_CLIP_SKIP.metadata] = Field(
+        _CLIP_SKIP.default, description="clip skip for requests that do not set clip_skip")
+    samples_format: Literal["png"] = Field("png", description="Easel writes PNG only")
+    sd_vae: Literal["Automatic", "None"] = Field("Automatic", description="Easel uses each checkpoint's own VAE")
+
+
+class ApiOptionsView(ApiOptions):
+    sd_checkpoint_hash: str | None = Field(None, description="sha256 of sd_model_checkpoint, when known")
+
+
+class _OptionsUpdateBase(JsonSafe):
+    model_config = ConfigDict(extra="allow")
+
+
+OptionsUpdate = create_model(  # every option optional; unknown keys accepted and ignored
+    "OptionsUpdate",
+    __base__=_OptionsUpdateBase,
+    **{name: (f.annotation | None, None) for name, f in ApiOptions.model_fields.items()},
+)
+
+
+class PngInfoRequest(JsonSafe):
+    image: str = Field(description="base64 PNG (or data: URL); URLs are not fetched")
+
+
+# -- responses -------------------------------------------------------------------------------------
+
+
+class GenerationResponse(BaseModel):
+    images: list[str] = Field(description="base64 PNGs, each with its infotext in the `parameters` chunk")
+    parameters: dict[str, Any] = Field(description="the request as Easel read it, defaults filled in")
+    info: str = Field(description="JSON: A1111's processing info (seeds, model, infotexts, …)")
+
+
+class OptionsUpdated(BaseModel):
+    updated: list[str]
+    ignored: list[str] = Field(description="keys Easel does not use")
+
+
+class SDModelItem(BaseModel):
+    title: str
+    model_name: str
+    hash: str | None
+    sha256: str | None
+    filename: str
+    config: str | None
+
+
+class SamplerItem(BaseModel):
+    name: str
+    aliases: list[str]
+    options: dict[str, str]
+
+
+class SchedulerItem(BaseModel):
+    name: str
+    label: str
+    aliases: list[str] | None = None
+    default_rho: float = -1
+    need_inner_model: bool = False
+
+
+class Embeddings(BaseModel):
+    loaded: dict[str, Any] = Field(default_factory=dict)
+    skipped: dict[str, Any] = Field(default_factory=dict)
+
+
+class ProgressState(BaseModel):
+    skipped: bool = False
+    interrupted: bool = False
+    stopping_generation: bool = False
+    job: str = ""
+    job_count: int = Field(0, description="the caller's unfinished jobs")
+    job_timestamp: str = "0"
+    job_no: int = 0
+    sampling_step: int = 0
+    sampling_steps: int = 0
+    job_id: str | None = None
+    queue_position: int = Field(0, description="0 = running or idle, 1 = next, …")
+    stage: str = ""
+
+
+class ProgressResponse(BaseModel):
+    progress: float = Field(0.0, description="0..1 of the caller's current job")
+    eta_relative: float = 0.0
+    state: ProgressState = Field(default_factory=ProgressState)
+    current_image: str | None = None
+    textinfo: str | None = None
+    current_task: str | None = None
+
+
+class InterruptResponse(BaseModel):
+    interrupted: list[str] = Field(description="ids of the jobs told to stop")
+
+
+class PngInfoResponse(BaseModel):
+    info: str
+    items: dict[str, Any]
+    parameters: dict[str, Any]
+
+
+class MemoryResponse(BaseModel):
+    ram: dict[str, float]
+    cuda: dict[str, Any]
+
+
+class JobSubmitted(BaseModel):
+    id: str
+    state: JobState
+    position: int
+    url: str
+
+
+class JobStatus(BaseModel):
+    id: str
+    kind: str
+    owner: str
+    state: JobState
+    stage: str
+    progress: float
+    eta_seconds: float | None
+    position: int = Field(description="0 = running or finished, 1 = next, …")
+    step: int
+    total_steps: int
+    error: str | None = None
+    created: float
+    started: float | None = None
+    finished: float | None = None
+    images: list[str] | None = Field(None, description="base64 PNGs once the job has finished")
+    info: dict[str, Any] | None = Field(None, description="as in /sdapi/v1/txt2img, once finished")
+
+
+class JobList(BaseModel):
+    jobs: list[JobStatus]

@@ -1,0 +1,213 @@
+"""A1111's `/sdapi/v1` routes: the same paths, field names and response shapes, on Easel's services.
+
+Where Easel differs, it is on purpose and documented in webui/api/README.md: defaults come from
+the request types (one set for UI and API), options are per caller, a checkpoint change is
+per request or per caller and never a global swap, and interrupt/progress concern the caller's
+own jobs.
+"""
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+import psutil
+import torch
+from fastapi import APIRouter, Depends
+from starlette.concurrency import run_in_threadpool
+
+from webui.generation.samplers import SAMPLERS, SCHEDULE_TYPES
+from webui.images.infotext import parse_infotext
+from webui.images.store import read_infotext
+from webui.jobs.queue import Job, JobState
+
+from .context import ApiContext, Caller, Submission, caller_dependency
+from .errors import ApiError, EaselRoute, printable
+from .images import decode_image
+from .results import generation_response, job_timestamp, preview_base64, wait_for
+from .schemas import (
+    ApiOptionsView,
+    ApiTxt2ImgRequest,
+    Embeddings,
+    GenerationResponse,
+    InterruptResponse,
+    MemoryResponse,
+    OptionsUpdate,
+    OptionsUpdated,
+    PngInfoRequest,
+    PngInfoResponse,
+    ProgressResponse,
+    ProgressState,
+    SamplerItem,
+    SchedulerItem,
+    SDModelItem,
+)
+
+def sdapi_router(ctx: ApiContext) -> APIRouter:
+    router = APIRouter(prefix="/sdapi/v1", tags=["A1111 API"], route_class=EaselRoute)
+    CallerDep = Annotated[Caller, Depends(caller_dependency(ctx))]
+    easel = ctx.easel
+
+    @router.post("/txt2img", response_model=GenerationResponse)
+    async def txt2img(body: ApiTxt2ImgRequest, caller: CallerDep) -> GenerationResponse:
+        """Generate and wait; the job takes its fair turn in the queue like any other."""
+        submission = await run_in_threadpool(ctx.submit_txt2img, body, caller)
+        await wait_for(submission.job, easel.queue)
+        return await run_in_threadpool(_finished_response, submission)
+
+    @router.get("/options", response_model=ApiOptionsView)
+    def get_options(caller: CallerDep) -> dict[str, Any]:
+        """The caller's options (each user or client has their own)."""
+        return ctx.options_view(caller.owner)
+
+    @router.post("/options", response_model=OptionsUpdated)
+    def set_options(body: OptionsUpdate, caller: CallerDep) -> OptionsUpdated:  # type: ignore[valid-type]
+        """Change the caller's options; unknown keys are accepted and ignored. Never loads a model:
+        the next job that needs it does, between jobs."""
+        changes = body.model_dump(exclude_unset=True) | dict(body.model_extra or {})
+        updated, ignored = ctx.update_options(caller.owner, changes)
+        return OptionsUpdated(updated=updated, ignored=ignored)
+
+    @router.get("/sd-models", response_model=list[SDModelItem])
+    def sd_models(caller: CallerDep) -> list[SDModelItem]:
+        return [
+            SDModelItem(title=c.title, model_name=c.model_name, hash=c.shorthash, sha256=c.sha256,
+                        filename=str(c.path), config=str(c.config_yaml) if c.config_yaml else None)
+            for c in easel.manager.list()
+        ]
+
+    @router.post("/refresh-checkpoints")
+    def refresh_checkpoints(caller: CallerDep) -> None:
+        """Rescan the checkpoint folders."""
+        easel.manager.refresh()
+
+    @router.get("/samplers", response_model=list[SamplerItem])
+    def samplers(caller: CallerDep) -> list[SamplerItem]:
+        return [
+            SamplerItem(name=s.name, aliases=list(s.aliases),
+                        options={k: str(v) for k, v in s.options.items()} | ({"stochastic": "True"} if s.stochastic else {}))
+            for s in SAMPLERS
+        ]
+
+    @router.get("/schedulers", response_model=list[SchedulerItem])
+    def schedulers(caller: CallerDep) -> list[SchedulerItem]:
+        return [SchedulerItem(name=name.lower(), label=name, default_rho=7.0 if name == "Karras" else -1)
+                for name in SCHEDULE_TYPES]
+
+    @router.get("/sd-vae", response_model=list[dict[str, str]])
+    def sd_vae(caller: CallerDep) -> list[dict[str, str]]:
+        """No separate VAE files yet: every checkpoint uses its own ("Automatic")."""
+        return []
+
+    @router.get("/embeddings", response_model=Embeddings)
+    def embeddings(caller: CallerDep) -> Embeddings:
+        return Embeddings()
+
+    for path in ("/loras", "/prompt-styles", "/hypernetworks", "/upscalers", "/face-restorers", "/extensions"):
+        router.add_api_route(path, _empty_list, methods=["GET"], response_model=list[dict[str, Any]],
+                             dependencies=[Depends(caller_dependency(ctx))],
+                             summary=f"{path[1:]}: none in Easel yet")
+
+    @router.get("/progress", response_model=ProgressResponse)
+    def progress(caller: CallerDep, skip_current_image: bool = False) -> ProgressResponse:
+        """The caller's own current job (running, else next queued); idle when they have none."""
+        return _progress(ctx, caller, skip_current_image)
+
+    @router.post("/interrupt", response_model=InterruptResponse)
+    def interrupt(caller: CallerDep) -> InterruptResponse:
+        """Stop the caller's running job and drop their queued ones. An admin also stops whatever runs."""
+        jobs = [j for j in easel.queue.jobs_of(caller.owner) if not j.done]
+        current = easel.queue.current
+        if caller.admin and current is not None and current not in jobs:
+            jobs.append(current)
+        stopped = [j.id for j in jobs if easel.queue.interrupt(j.id, by=caller.owner, admin=caller.admin)]
+        return InterruptResponse(interrupted=stopped)
+
+    @router.post("/skip", response_model=InterruptResponse)
+    def skip(caller: CallerDep) -> InterruptResponse:
+        """Easel has no per-image skip: this stops the caller's running job (finished images are kept)."""
+        current = easel.queue.current
+        if current is None or not caller.may_see(current):
+            return InterruptResponse(interrupted=[])
+        easel.queue.interrupt(current.id, by=caller.owner, admin=caller.admin)
+        return InterruptResponse(interrupted=[current.id])
+
+    @router.post("/png-info", response_model=PngInfoResponse)
+    def png_info(body: PngInfoRequest, caller: CallerDep) -> PngInfoResponse:
+        """The infotext of an image, raw and parsed."""
+        image = decode_image(body.image, "image")
+        text = read_infotext(image) or ""
+        items = {printable(k): printable(v) if isinstance(v, str) else v for k, v in image.info.items()
+                 if k != "parameters" and isinstance(v, (str, int, float, bool))}
+        return PngInfoResponse(info=text, items=items, parameters=parse_infotext(text) if text else {})
+
+    @router.get("/memory", response_model=MemoryResponse)
+    def memory(caller: CallerDep) -> MemoryResponse:
+        return MemoryResponse(ram=_ram(), cuda=_cuda())
+
+    @router.get("/cmd-flags", response_model=dict[str, Any])
+    def cmd_flags(caller: CallerDep) -> dict[str, Any]:
+        """The command-line flags, logins blanked."""
+        return dict(easel.settings.cmd_flags)
+
+    return router
+
+
+def _empty_list() -> list[dict[str, Any]]:
+    return []
+
+
+def _finished_response(submission: Submission) -> GenerationResponse:
+    job = submission.job
+    if job.state is JobState.FAILED:  # a valid request that failed: the server's fault, not the client's
+        raise ApiError(500, f"generation failed: {job.error}", error="GenerationFailed")
+    return generation_response(submission)
+
+
+def _current_job(ctx: ApiContext, caller: Caller) -> tuple[Job | None, int]:
+    mine = [j for j in ctx.easel.queue.jobs_of(caller.owner) if not j.done]
+    running = next((j for j in mine if j.state is JobState.RUNNING), None)
+    if running is not None:
+        return running, len(mine)
+    queued = [j for j in ctx.easel.queue.pending() if j.owner == caller.owner]
+    return (queued[0] if queued else None), len(mine)
+
+
+def _progress(ctx: ApiContext, caller: Caller, skip_current_image: bool) -> ProgressResponse:
+    job, count = _current_job(ctx, caller)
+    if job is None:
+        return ProgressResponse()
+    position = ctx.easel.queue.position(job)
+    state = ProgressState(
+        interrupted=job.interrupted, stopping_generation=job.interrupted, job=f"{job.description} {job.id}",
+        job_count=count, job_timestamp=job_timestamp(job),
+        sampling_step=job.step, sampling_steps=job.total_steps, job_id=job.id, queue_position=position,
+        stage=job.stage,
+    )
+    text = f"waiting in queue (position {position})" if position else job.progress_text()
+    return ProgressResponse(
+        progress=job.progress, eta_relative=job.eta_seconds or 0.0, state=state,
+        current_image=None if skip_current_image else preview_base64(job), textinfo=text,
+        current_task=job.id,
+    )
+
+
+def _ram() -> dict[str, float]:
+    vm = psutil.virtual_memory()
+    rss = psutil.Process(os.getpid()).memory_info().rss
+    return {"free": float(vm.available), "used": float(rss), "total": float(vm.total)}
+
+
+def _cuda() -> dict[str, Any]:
+    if not torch.cuda.is_available():
+        return {"error": "no CUDA device"}
+    free, total = torch.cuda.mem_get_info()
+    s = torch.cuda.memory_stats()
+    return {
+        "system": {"free": free, "used": total - free, "total": total},
+        "active": {"current": s.get("active_bytes.all.current", 0), "peak": s.get("active_bytes.all.peak", 0)},
+        "allocated": {"current": s.get("allocated_bytes.all.current", 0), "peak": s.get("allocated_bytes.all.peak", 0)},
+        "reserved": {"current": s.get("reserved_bytes.all.current", 0), "peak": s.get("reserved_bytes.all.peak", 0)},
+        "inactive": {"current": s.get("inactive_split_bytes.all.current", 0),
+                     "peak": s.get("inactive_split_bytes.all.peak", 0)},
+        "events": {"retries": s.get("num_alloc_retries", 0), "oom": s.get("num_ooms", 0)},
+    }

@@ -1,0 +1,282 @@
+"""Who may use Easel: the logins from the flags, checked on every request by one ASGI middleware.
+
+When any login is configured, `AccessGuard` wraps the whole app, so no route can be forgotten: the
+web UI, every Gradio route (files, queue, config, assets), the HTTP API, `/docs` and
+`/openapi.json` all refuse anonymous requests. A request proves who it is with HTTP Basic (API
+clients, scripts) or with the session cookie that Easel's own `/login` page sets (browsers). The
+login page is self-contained (no scripts, no assets), so nothing else needs to stay public for it.
+
+Two surfaces, as in A1111: the API (`--api-auth`) and the web UI (`--gradio-auth`,
+`--gradio-auth-path`). Where only one is given it covers both, so turning auth on for one part
+never leaves the other open (A1111 leaves the API open with `--gradio-auth` alone).
+
+Passwords are compared in constant time (as SHA-256 digests, so lengths leak nothing either) and
+never appear in a response, a log line or `repr`.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import html
+import secrets
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from http.cookies import SimpleCookie
+from typing import Mapping
+from urllib.parse import parse_qs, quote
+
+from starlette.datastructures import Headers
+from starlette.requests import HTTPConnection
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from webui.settings import Settings
+
+API_PATHS = ("/sdapi/", "/easel/v1/", "/docs", "/openapi.json")
+LOGIN_PATH = "/login"
+LOGOUT_PATH = "/logout"
+COOKIE_NAME = "easel-session"
+SESSION_SECONDS = 7 * 24 * 3600
+FAILED_LOGIN_DELAY = 0.5  # seconds; slows password guessing without holding a thread
+MAX_LOGIN_BODY = 16 * 1024
+ANONYMOUS = "anonymous"
+
+
+class Surface(str, Enum):
+    UI = "ui"
+    API = "api"
+
+
+def surface_of(path: str) -> Surface:
+    return Surface.API if path.startswith(API_PATHS) else Surface.UI
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
+@dataclass(frozen=True)
+class Accounts:
+    """The logins of each surface and the admins; no logins at all means auth is off."""
+
+    ui: Mapping[str, str] = field(default_factory=dict, repr=False)
+    api: Mapping[str, str] = field(default_factory=dict, repr=False)
+    admins: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Accounts":
+        ui = dict(settings.ui_credentials or settings.api_credentials)
+        api = dict(settings.api_credentials or settings.ui_credentials)
+        first = next(iter(settings.ui_credentials or settings.api_credentials), None)
+        admins = settings.admin_users or ((first,) if first else ())
+        return cls(ui, api, frozenset(admins))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.ui or self.api)
+
+    def users(self, surface: Surface) -> Mapping[str, str]:
+        return self.api if surface is Surface.API else self.ui
+
+    def check(self, surface: Surface, user: str, password: str) -> bool:
+        """Constant time whether or not the user exists."""
+        stored = self.users(surface).get(user)
+        ok = hmac.compare_digest(_digest(password), _digest(stored if stored is not None else secrets.token_hex(16)))
+        return ok and stored is not None
+
+    def is_admin(self, user: str | None) -> bool:
+        return user is not None and user in self.admins
+
+
+class SessionSigner:
+    """Signed, expiring session tokens `user.expiry.mac`; the key lives only in this process."""
+
+    def __init__(self, key: bytes | None = None, max_age: int = SESSION_SECONDS):
+        self._key = key or secrets.token_bytes(32)
+        self.max_age = max_age
+
+    def _mac(self, payload: str) -> str:
+        return hmac.new(self._key, payload.encode("ascii"), hashlib.sha256).hexdigest()
+
+    def issue(self, user: str, now: float | None = None) -> str:
+        name = base64.urlsafe_b64encode(user.encode("utf-8", "surrogatepass")).decode("ascii").rstrip("=")
+        payload = f"{name}.{int((now or time.time()) + self.max_age)}"
+        return f"{payload}.{self._mac(payload)}"
+
+    def verify(self, token: str, now: float | None = None) -> str | None:
+        """The user a token was issued to, or None if it is forged, damaged or expired."""
+        try:
+            name, expiry, mac = token.split(".")
+            if not hmac.compare_digest(mac, self._mac(f"{name}.{expiry}")):
+                return None
+            if int(expiry) < (now or time.time()):
+                return None
+            return base64.urlsafe_b64decode(name + "=" * (-len(name) % 4)).decode("utf-8", "surrogatepass")
+        except (ValueError, UnicodeError, binascii.Error):
+            return None
+
+
+def basic_credentials(headers: Headers) -> tuple[str, str] | None:
+    """(user, password) from an `Authorization: Basic` header; the password may contain ':'."""
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic" or not value:
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep else None
+
+
+def session_cookie(headers: Headers) -> str | None:
+    cookie = SimpleCookie()
+    try:
+        cookie.load(headers.get("cookie", ""))
+    except Exception:  # a malformed Cookie header is simply no session
+        return None
+    morsel = cookie.get(COOKIE_NAME)
+    return morsel.value if morsel else None
+
+
+class Gate:
+    """Answers "who is this request, and may they use this surface?"; shared by the middleware,
+    Gradio's `auth_dependency` and the API's caller dependency."""
+
+    def __init__(self, accounts: Accounts, signer: SessionSigner | None = None):
+        self.accounts = accounts
+        self.signer = signer or SessionSigner()
+
+    @property
+    def enabled(self) -> bool:
+        return self.accounts.enabled
+
+    def identify(self, headers: Headers, surface: Surface) -> tuple[str | None, bool]:
+        """(user allowed on this surface or None, whether wrong credentials were offered)."""
+        creds = basic_credentials(headers)
+        if creds is not None:
+            ok = self.accounts.check(surface, *creds)
+            return (creds[0] if ok else None), not ok
+        token = session_cookie(headers)
+        if token is not None:
+            user = self.signer.verify(token)
+            if user is not None and user in self.accounts.users(surface):
+                return user, False
+        return None, False
+
+    def user_of(self, conn: HTTPConnection) -> str | None:
+        """The signed-in user of a request, or None (also None when auth is off)."""
+        if not self.enabled:
+            return None
+        return self.identify(conn.headers, surface_of(conn.url.path))[0]
+
+    def ui_user(self, conn: HTTPConnection) -> str | None:
+        """For Gradio's `auth_dependency`: the user every UI event is attributed to."""
+        return self.identify(conn.headers, Surface.UI)[0] if self.enabled else None
+
+
+class AccessGuard:
+    """ASGI middleware: every HTTP and WebSocket request must be signed in; serves /login and /logout."""
+
+    def __init__(self, app: ASGIApp, gate: Gate):
+        self.app = app
+        self.gate = gate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path in (LOGIN_PATH, LOGOUT_PATH):
+            response = await (self._login(scope, receive) if path == LOGIN_PATH else self._logout())
+            await response(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        user, wrong = self.gate.identify(headers, surface_of(path))
+        if user is not None:
+            scope.setdefault("state", {})["user"] = user
+            await self.app(scope, receive, send)
+            return
+        if wrong:
+            await asyncio.sleep(FAILED_LOGIN_DELAY)
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": "not signed in"})
+            return
+        await self._refuse(scope, headers, path)(scope, receive, send)
+
+    @staticmethod
+    def _refuse(scope: Scope, headers: Headers, path: str) -> Response:
+        wants_page = scope.get("method") in ("GET", "HEAD") and "text/html" in headers.get("accept", "")
+        if wants_page and not path.startswith(("/sdapi/", "/easel/v1/", "/openapi.json")):
+            query = scope.get("query_string", b"").decode("latin-1")
+            target = path + (f"?{query}" if query else "")
+            return RedirectResponse(f"{LOGIN_PATH}?next={quote(target, safe='')}", status_code=303)
+        return JSONResponse(
+            {"error": "Unauthorized", "detail": "sign in: HTTP Basic auth, or the form at /login"},
+            status_code=401, headers={"WWW-Authenticate": 'Basic realm="Easel", charset="UTF-8"'},
+        )
+
+    async def _login(self, scope: Scope, receive: Receive) -> Response:
+        conn = HTTPConnection(scope)
+        if scope.get("method") != "POST":
+            return login_page(safe_next(conn.query_params.get("next")))
+        form = parse_qs((await _read_body(receive, MAX_LOGIN_BODY)).decode("utf-8", "replace"))
+        user = form.get("username", [""])[0].strip()
+        password = form.get("password", [""])[0]
+        target = safe_next(form.get("next", ["/"])[0])
+        if not self.gate.accounts.check(Surface.UI, user, password):
+            await asyncio.sleep(FAILED_LOGIN_DELAY)
+            return login_page(target, user=user, failed=True)
+        response = RedirectResponse(target, status_code=303)
+        response.set_cookie(COOKIE_NAME, self.gate.signer.issue(user), max_age=self.gate.signer.max_age,
+                            httponly=True, samesite="lax", secure=scope.get("scheme") == "https", path="/")
+        return response
+
+    @staticmethod
+    async def _logout() -> Response:
+        response = RedirectResponse(LOGIN_PATH, status_code=303)
+        response.delete_cookie(COOKIE_NAME, path="/")
+        return response
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    """The request body, cut at `limit` bytes (a login form is tiny)."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if len(body) > limit or not message.get("more_body", False):
+            return body[:limit]
+
+
+def safe_next(target: str | None) -> str:
+    """Only same-site paths: never let ?next= send a user to another site."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+def login_page(target: str, user: str = "", failed: bool = False) -> HTMLResponse:
+    message = '<p class="err" role="alert">Wrong user name or password.</p>' if failed else ""
+    body = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Easel: sign in</title>
+<style>
+body{{font-family:system-ui,sans-serif;background:#111827;color:#e5e7eb;display:grid;place-items:center;min-height:100vh;margin:0}}
+form{{background:#1f2937;padding:2rem;border-radius:.75rem;display:grid;gap:.75rem;min-width:18rem}}
+input{{padding:.5rem;border-radius:.4rem;border:1px solid #4b5563;background:#111827;color:inherit}}
+button{{padding:.6rem;border:0;border-radius:.4rem;background:#f97316;color:#fff;font-weight:600;cursor:pointer}}
+.err{{color:#fca5a5;margin:0}}
+</style></head>
+<body><form method="post" action="{LOGIN_PATH}">
+<h1>Easel</h1>{message}
+<label>User name <input name="username" autocomplete="username" value="{html.escape(user)}" required autofocus></label>
+<label>Password <input name="password" type="password" autocomplete="current-password" required></label>
+<input type="hidden" name="next" value="{html.escape(target)}">
+<button type="submit">Sign in</button>
+</form></body></html>"""
+    return HTMLResponse(body, status_code=401 if failed else 200)
