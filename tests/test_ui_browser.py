@@ -92,3 +92,81 @@ def test_interrupt_stops_a_long_run(server, page):
     page.click("#txt2img_interrupt")
     page.wait_for_function("document.querySelector('#txt2img_progress').innerText.includes('Interrupted')",
                            timeout=60_000)
+
+
+def latest_png(folder):
+    files = sorted(folder.glob("*.png"))
+    assert files, f"no PNG in {folder}"
+    return files[-1]
+
+
+def generate_txt2img(page, steps=2, seed=77, prompt="a red circle"):
+    page.fill("#txt2img_prompt textarea", prompt)
+    set_number(page, "txt2img_steps", steps)
+    page.fill("#txt2img_seed input", str(seed))
+    page.click("#txt2img_generate")
+    page.wait_for_function(
+        f"document.querySelector('#txt2img_info textarea').value.includes('Seed: {seed},')", timeout=120_000)
+
+
+def test_send_to_inpaint_paint_a_stroke_and_only_the_stroke_changes(server, page):
+    import numpy as np
+    _, data = server
+    generate_txt2img(page, seed=4242, prompt="a blue square")
+    today = datetime.date.today().isoformat()
+    source = data / "outputs" / "txt2img-images" / today / next(
+        p.name for p in sorted((data / "outputs" / "txt2img-images" / today).glob("*-4242.png")))
+    page.click("#txt2img_send_to_inpaint")
+    # the image and its parameters moved over, and the inpaint editor is showing
+    page.wait_for_selector("#img2img_inpaint canvas", state="visible")
+    page.wait_for_function("document.querySelector('#img2img_prompt textarea').value === 'a blue square'")
+    assert page.input_value("#img2img_seed input") == "4242"
+    page.locator("#img2img_inpaint button[aria-label='Brush']").first.click()
+    box = page.locator("#img2img_inpaint canvas").first.bounding_box()
+    zoom = float(page.locator("#img2img_inpaint").get_by_text("%").first.inner_text().strip("% \n")) / 100
+    side = 64 * zoom  # the 64 px picture, centred in the canvas
+    left, top = box["x"] + (box["width"] - side) / 2, box["y"] + (box["height"] - side) / 2
+    # a vertical stroke 12 px from the left edge of the picture
+    page.mouse.move(left + 12 * zoom, top + 8 * zoom)
+    page.mouse.down()
+    for k in range(9, 57):
+        page.mouse.move(left + 12 * zoom, top + k * zoom)
+    page.mouse.up()
+    set_number(page, "img2img_steps", 3)
+    set_number(page, "img2img_denoising_strength", 1)
+    page.click("#img2img_generate")
+    page.wait_for_selector("#img2img_gallery img", timeout=120_000)
+    out_png = latest_png(data / "outputs" / "img2img-images" / today)
+    with Image.open(source) as a, Image.open(out_png) as b:
+        before, after = np.asarray(a.convert("RGB")).astype(int), np.asarray(b.convert("RGB")).astype(int)
+        assert "Mask blur: 4" in b.info["parameters"] and "Denoising strength: 1" in b.info["parameters"]
+    assert after.shape == before.shape == (64, 64, 3)
+    assert np.array_equal(after[:, 44:], before[:, 44:])  # far from the stroke: untouched
+    assert np.abs(after[16:48, 8:16] - before[16:48, 8:16]).mean() > 5  # under the stroke: regenerated
+
+
+def test_png_info_reads_the_infotext_and_sends_it_to_txt2img(server, page):
+    _, data = server
+    generate_txt2img(page, seed=999, prompt="a (green:1.1) star, yellow background")
+    png = next((data / "outputs" / "txt2img-images" / datetime.date.today().isoformat()).glob("*-999.png"))
+    page.fill("#txt2img_prompt textarea", "")
+    page.get_by_role("tab", name="PNG Info").click()
+    page.set_input_files("#pnginfo_image input[type=file]", str(png))
+    page.wait_for_function("document.querySelector('#pnginfo_text textarea').value.includes('Seed: 999')")
+    assert "a (green:1.1) star, yellow background" in page.inner_text("#pnginfo_html")
+    page.click("#pnginfo_send_to_txt2img")
+    page.wait_for_function(
+        "document.querySelector('#txt2img_prompt textarea').value === 'a (green:1.1) star, yellow background'")
+    assert page.input_value("#txt2img_seed input") == "999"
+
+
+def test_pasting_an_infotext_and_pressing_the_arrow_fills_the_fields(server, page):
+    page.fill("#txt2img_prompt textarea",
+              "castle on a hill\nNegative prompt: fog\nSteps: 7, Sampler: DPM++ 2M Karras, CFG scale: 4.5, Seed: 31337, Size: 64x72")
+    page.click("#txt2img_paste")
+    page.wait_for_function("document.querySelector('#txt2img_prompt textarea').value === 'castle on a hill'")
+    assert page.input_value("#txt2img_neg_prompt textarea") == "fog"
+    assert page.input_value("#txt2img_seed input") == "31337"
+    assert page.locator("#txt2img_steps input[type=number]").input_value() == "7"
+    assert page.locator("#txt2img_height input[type=number]").input_value() == "72"
+    assert page.locator("#txt2img_scheduler input").input_value() == "Karras"

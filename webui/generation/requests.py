@@ -5,10 +5,12 @@ Defaults live here and only here. Field names follow A1111's API (`sampler_name`
 """
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from webui.images.infotext import parse_infotext
 
 from .samplers import resolve_sampler
 
@@ -117,3 +119,53 @@ class Img2ImgRequest(GenerationParams):
         if v is not None and (v.width * v.height > MAX_IMAGE_PIXELS or min(v.size) < 1):
             raise ValueError(f"image is {v.width}x{v.height}; Easel takes up to {MAX_IMAGE_PIXELS // 1_000_000} megapixels")
         return v
+
+
+# infotext key -> (request field, converter); A1111's "paste fields"
+_TO_FIELDS: dict[str, tuple[str, type]] = {
+    "Prompt": ("prompt", str),
+    "Negative prompt": ("negative_prompt", str),
+    "Steps": ("steps", int),
+    "Sampler": ("sampler_name", str),
+    "Schedule type": ("scheduler", str),
+    "CFG scale": ("cfg_scale", float),
+    "Seed": ("seed", int),
+    "Size-1": ("width", int),
+    "Size-2": ("height", int),
+    "Variation seed": ("subseed", int),
+    "Variation seed strength": ("subseed_strength", float),
+    "Clip skip": ("clip_skip", int),
+    "Denoising strength": ("denoising_strength", float),
+    "Mask blur": ("mask_blur", int),
+    "Masked area padding": ("inpaint_full_res_padding", int),
+}
+_CHOICES = {
+    "Mask mode": ("inpainting_mask_invert", ("Inpaint masked", "Inpaint not masked")),
+    "Masked content": ("inpainting_fill", ("fill", "original", "latent noise", "latent nothing")),
+    "Inpaint area": ("inpaint_full_res", ("Whole picture", "Only masked")),
+}
+
+
+def fields_from_infotext(text: str) -> dict[str, Any]:
+    """Parsed infotext → request field values (what "send to" and the ↙ paste button fill in).
+    Values that do not convert are skipped rather than failing the whole paste."""
+    out: dict[str, Any] = {}
+    for key, value in parse_infotext(text).items():
+        if key in _TO_FIELDS:
+            name, kind = _TO_FIELDS[key]
+            try:
+                out[name] = kind(float(value)) if kind is int else kind(value)
+            except (TypeError, ValueError):
+                continue
+        elif key in _CHOICES:
+            name, options = _CHOICES[key]
+            if value in options:
+                index = options.index(value)
+                out[name] = bool(index) if name == "inpaint_full_res" else index
+    if "sampler_name" in out:  # "DPM++ 2M Karras" (pre-1.9 infotexts) = sampler + schedule type
+        try:
+            sampler, schedule = resolve_sampler(out["sampler_name"], out.get("scheduler", "Automatic"))
+            out["sampler_name"], out["scheduler"] = sampler.name, schedule
+        except ValueError:
+            out.pop("sampler_name")
+    return out

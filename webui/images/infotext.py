@@ -82,3 +82,4 @@ def parse_infotext(text: str) -> dict[str, Any]:
         if key.strip() == "Size" and (m := _SIZE.match(str(value))):
             result["Size-1"], result["Size-2"] = int(m.group(1)), int(m.group(2))
     return result
+

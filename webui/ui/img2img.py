@@ -1,0 +1,130 @@
+"""The img2img tab with its modes: img2img, Sketch, Inpaint (mask brush) and Inpaint upload."""
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from webui.generation.masks import INPAINT_AREAS, MASK_MODES, MASKED_CONTENT, RESIZE_MODES, to_rgb
+from webui.generation.requests import Img2ImgRequest
+from webui.services import Easel
+
+from .controls import GenerationControls, JobRunner, ResultView
+from .txt2img import wire_paste_button, wire_seed_buttons
+
+MODES = ("img2img", "sketch", "inpaint", "inpaint_upload")
+SKETCH_COLOURS = ["#000000", "#ffffff", "#ff0000", "#00a000", "#0000ff", "#ffff00", "#ff8000", "#8000ff"]
+
+
+def mask_from_layers(value: dict | None) -> Image.Image | None:
+    """The union of the editor's brush layers (any painted, non-transparent pixel) as an L mask."""
+    if not value or not value.get("layers"):
+        return None
+    alphas = [np.asarray(layer.convert("RGBA"))[..., 3] for layer in value["layers"] if layer is not None]
+    if not alphas:
+        return None
+    return Image.fromarray((np.maximum.reduce(alphas) > 0).astype(np.uint8) * 255, "L")
+
+
+class Img2ImgTab:
+    def __init__(self, easel: Easel, checkpoint: gr.Dropdown):
+        self.easel = easel
+        self.controls = GenerationControls("img2img", easel, checkpoint)
+        self.results = ResultView("img2img")
+        self.runner = JobRunner(easel)
+
+    def build(self) -> None:
+        c, f = self.controls, self.controls.fields
+        generate, interrupt = c.prompt_row()
+        self.mode = gr.State("img2img")
+        with gr.Row():
+            with gr.Column(scale=1):
+                with gr.Tabs(elem_id="mode_img2img") as self.mode_tabs:
+                    with gr.Tab("img2img", id="img2img", elem_id="img2img_img2img_tab") as t0:
+                        self.init_image = gr.Image(label="Image for img2img", type="pil", image_mode=None,
+                                                   format="png", sources=["upload", "clipboard"],
+                                                   elem_id="img2img_image", height=420)
+                    with gr.Tab("Sketch", id="sketch", elem_id="img2img_sketch_tab") as t1:
+                        self.sketch = gr.ImageEditor(label="Sketch", type="pil", format="png", elem_id="img2img_sketch",
+                                                     brush=gr.Brush(colors=SKETCH_COLOURS, color_mode="defaults"),
+                                                     sources=["upload", "clipboard"], height=420)
+                    with gr.Tab("Inpaint", id="inpaint", elem_id="img2img_inpaint_tab") as t2:
+                        self.inpaint = gr.ImageEditor(label="Image and mask: paint the area to regenerate",
+                                                      type="pil", format="png", elem_id="img2img_inpaint",
+                                                      brush=gr.Brush(colors=[("#ffffff", 0.75)], color_mode="fixed",
+                                                                     default_size=16),
+                                                      eraser=gr.Eraser(default_size=16), layers=False,
+                                                      sources=["upload", "clipboard"], height=420)
+                    with gr.Tab("Inpaint upload", id="inpaint_upload", elem_id="img2img_inpaint_upload_tab") as t3:
+                        self.upload_image = gr.Image(label="Image", type="pil", image_mode=None, format="png",
+                                                     elem_id="img2img_upload_image")
+                        self.upload_mask = gr.Image(label="Mask (white = regenerate)", type="pil", image_mode=None,
+                                                    format="png", elem_id="img2img_upload_mask")
+                for tab, mode in zip((t0, t1, t2, t3), MODES):
+                    tab.select(lambda m=mode: m, inputs=None, outputs=self.mode, api_name=False)
+                f["resize_mode"] = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], type="index",
+                                            label="Resize mode", elem_id="img2img_resize_mode")
+                with gr.Group(elem_id="img2img_inpaint_options"):
+                    with gr.Row():
+                        f["mask_blur"] = gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id="img2img_mask_blur")
+                        f["inpainting_mask_invert"] = gr.Radio(list(MASK_MODES), value=MASK_MODES[0], type="index",
+                                                               label="Mask mode", elem_id="img2img_mask_mode")
+                    f["inpainting_fill"] = gr.Radio(list(MASKED_CONTENT), value=MASKED_CONTENT[1], type="index",
+                                                    label="Masked content", elem_id="img2img_inpainting_fill")
+                    with gr.Row():
+                        f["inpaint_full_res"] = gr.Radio(list(INPAINT_AREAS), value=INPAINT_AREAS[0], type="index",
+                                                         label="Inpaint area", elem_id="img2img_inpaint_full_res")
+                        f["inpaint_full_res_padding"] = gr.Slider(0, 256, value=32, step=4,
+                                                                  label="Only masked padding, pixels",
+                                                                  elem_id="img2img_inpaint_full_res_padding")
+                c.sampling()
+                c.size()
+                c.batch_cfg_seed()
+                f["denoising_strength"] = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength",
+                                                    elem_id="img2img_denoising_strength")
+            with gr.Column(scale=1):
+                self.results.build()
+        inputs = set(f.values()) | {self.mode, self.init_image, self.sketch, self.inpaint, self.upload_image,
+                                    self.upload_mask}
+        generate.click(self.generate, inputs=inputs, outputs=self.results.outputs, concurrency_limit=None,
+                       api_name="img2img")
+        interrupt.click(self.runner.interrupt, inputs=None, outputs=None, concurrency_limit=None, api_name=False)
+        wire_seed_buttons(c, self.results)
+        wire_paste_button(c)
+        for image in (self.init_image, self.upload_image):  # a new picture sets the size, as A1111 does
+            image.upload(self._size_of, inputs=image, outputs=[f["width"], f["height"]], api_name=False)
+
+    @staticmethod
+    def _size_of(image: Image.Image | None):
+        if image is None:
+            return gr.skip(), gr.skip()
+        return min(2048, max(64, round(image.width / 8) * 8)), min(2048, max(64, round(image.height / 8) * 8))
+
+    def images_for_mode(self, data: dict) -> tuple[Image.Image | None, Image.Image | None]:
+        mode = data[self.mode]
+        if mode == "sketch":
+            value = data[self.sketch] or {}
+            return value.get("composite") or value.get("background"), None
+        if mode == "inpaint":
+            value = data[self.inpaint] or {}
+            mask = mask_from_layers(value)
+            if value.get("background") is not None and mask is None:
+                raise ValueError("mask: paint over the area to regenerate first (the mask is empty)")
+            return value.get("background"), mask
+        if mode == "inpaint_upload":
+            if data[self.upload_mask] is None and data[self.upload_image] is not None:
+                raise ValueError("mask: upload a mask image (white = regenerate)")
+            return data[self.upload_image], data[self.upload_mask]
+        return data[self.init_image], None
+
+    def generate(self, data: dict, request: gr.Request):
+        def build() -> Img2ImgRequest:
+            image, mask = self.images_for_mode(data)
+            if image is None:
+                raise ValueError("init_image: drop, paste or upload an image first")
+            values: dict[str, Any] = self.controls.request_values(data)
+            values["inpaint_full_res"] = bool(values["inpaint_full_res"])
+            return Img2ImgRequest(**values, init_image=to_rgb(image), mask=mask)
+        yield from self.runner.run(build, lambda req, owner: self.easel.submit_img2img(req, owner), request)
