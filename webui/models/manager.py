@@ -1,10 +1,18 @@
 """The model manager: the one object every tab, the API and the queue ask for a loaded checkpoint.
 
-Created once in `app.py` and passed down. It owns the catalog and the loaded models; `get(name)`
-returns the named checkpoint ready to run, hot-swapping when another one is loaded. A load that
-fails (truncated file, unknown layout, unsafe pickle) raises `ModelError` and leaves whatever was
-loaded before active and usable: the new model is built completely on the CPU before the old one
-is let go.
+Created once in `app.py` and passed down. It owns the catalog and a two-tier cache of loaded models:
+
+- the *device tier* holds the models that sit on the GPU (or, on a CPU-only machine, the active
+  ones), least recently used first;
+- the *RAM tier* holds models moved off the device, so switching back costs a host→device copy
+  instead of a read from disk.
+
+Each tier has a budget in models and/or GB; going over it demotes the least recently used model
+(device → RAM → dropped). A dropped model's tensors are released (references deleted, `gc`, the CUDA
+cache emptied), and tests check that its modules are really gone.
+
+A load that fails (truncated file, unknown layout, unsafe pickle) raises `ModelError` and leaves the
+cache untouched: the new model is built completely on the CPU before anything is evicted.
 """
 from __future__ import annotations
 
@@ -13,6 +21,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,6 +32,24 @@ from .loader import LoadedModel, load_checkpoint
 
 log = logging.getLogger(__name__)
 DEMO_CHECKPOINT = "easel-demo-shapes.safetensors"
+GB = 1024**3
+
+
+@dataclass(frozen=True)
+class TierBudget:
+    """How much one cache tier may hold: a number of models and/or gigabytes (None = no limit)."""
+
+    models: int | None = 1
+    gigabytes: float | None = None
+
+    def allows(self, sizes: list[int]) -> bool:
+        if self.models is not None and len(sizes) > self.models:
+            return False
+        return self.gigabytes is None or sum(sizes) <= self.gigabytes * GB
+
+
+def model_bytes(model: LoadedModel) -> int:
+    return sum(t.numel() * t.element_size() for m in model.modules() for t in m.state_dict().values())
 
 
 class ModelManager:
@@ -31,17 +58,22 @@ class ModelManager:
         catalog: Catalog,
         device: torch.device,
         dtype: torch.dtype,
-        max_loaded: int = 1,
+        device_budget: TierBudget = TierBudget(models=1),
+        ram_budget: TierBudget = TierBudget(models=1),
         preferred: str | None = None,
     ):
         self.catalog = catalog
         self.device = device
         self.dtype = dtype
-        self.max_loaded = max(1, max_loaded)
+        self.device_budget = device_budget
+        self.ram_budget = ram_budget
         self.preferred = preferred
         self._lock = threading.RLock()
-        self._loaded: OrderedDict[Path, LoadedModel] = OrderedDict()
+        self._on_device: OrderedDict[Path, LoadedModel] = OrderedDict()
+        self._in_ram: OrderedDict[Path, LoadedModel] = OrderedDict()
+        self._sizes: dict[Path, int] = {}
         self.last_load_seconds: float | None = None
+        self.last_source: str | None = None  # "device" | "ram" | "disk": where the last get() found its model
 
     # -- catalog ---------------------------------------------------------------------------------
     def list(self) -> list[CheckpointInfo]:
@@ -54,10 +86,10 @@ class ModelManager:
         return [c.title for c in self.list()]
 
     def default_checkpoint(self) -> CheckpointInfo | None:
-        """The checkpoint used when a request names none: the last loaded, the preferred, the demo, the first."""
+        """The checkpoint used when a request names none: the last used, the preferred, the demo, the first."""
         with self._lock:
-            if self._loaded:
-                return next(reversed(self._loaded.values())).info
+            if self._on_device:
+                return next(reversed(self._on_device.values())).info
         items = self.list()
         for wanted in (self.preferred, DEMO_CHECKPOINT):
             if wanted:
@@ -81,46 +113,74 @@ class ModelManager:
     @property
     def current(self) -> LoadedModel | None:
         with self._lock:
-            return next(reversed(self._loaded.values())) if self._loaded else None
+            return next(reversed(self._on_device.values())) if self._on_device else None
 
     def get(self, name: str | None = None) -> LoadedModel:
-        """The named checkpoint (or the default), loaded and ready; swaps models when needed."""
+        """The named checkpoint (or the default), on the device and ready; swaps models when needed."""
         with self._lock:
             info = self.resolve(name)
             key = info.path.resolve()
-            if key in self._loaded:
-                self._loaded.move_to_end(key)
-                return self._loaded[key]
             started = time.perf_counter()
-            self.catalog.ensure_hash(info)
-            model = load_checkpoint(info, torch.device("cpu"), self.dtype)
-            while len(self._loaded) >= self.max_loaded:
-                self._evict_oldest()
-            if self.device.type != "cpu":
-                for m in model.modules():
-                    m.to(self.device)
-                model.device = self.device
-            self._loaded[key] = model
+            if key in self._on_device:
+                self._on_device.move_to_end(key)
+                self.last_source = "device"
+                return self._on_device[key]
+            if key in self._in_ram:
+                model = self._in_ram.pop(key)
+                self.last_source = "ram"
+            else:
+                self.catalog.ensure_hash(info)
+                model = load_checkpoint(info, torch.device("cpu"), self.dtype)  # may raise: nothing evicted yet
+                self._sizes[key] = model_bytes(model)
+                self.last_source = "disk"
+            self._make_room_on_device(self._sizes[key])
+            self._move(model, self.device)
+            self._on_device[key] = model
             self.last_load_seconds = time.perf_counter() - started
-            log.info("loaded %s in %.2fs", info.title, self.last_load_seconds)
+            log.info("%s from %s in %.3fs", info.title, self.last_source, self.last_load_seconds)
             return model
 
-    def _evict_oldest(self) -> None:
-        _, old = self._loaded.popitem(last=False)
-        log.info("unloading %s", old.info.title)
-        del old
+    def _move(self, model: LoadedModel, device: torch.device) -> None:
+        if model.device != device:
+            for m in model.modules():
+                m.to(device)
+            model.device = device
+
+    def _make_room_on_device(self, incoming: int) -> None:
+        while self._on_device and not self.device_budget.allows([*self._tier_sizes(self._on_device), incoming]):
+            key, old = self._on_device.popitem(last=False)
+            self._move(old, torch.device("cpu"))
+            self._in_ram[key] = old
+        while self._in_ram and not self.ram_budget.allows(self._tier_sizes(self._in_ram)):
+            key, old = self._in_ram.popitem(last=False)
+            log.info("dropping %s from memory", old.info.title)
+            del old
+            self._sizes.pop(key, None)
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
+    def _tier_sizes(self, tier: OrderedDict[Path, LoadedModel]) -> list[int]:
+        return [self._sizes[k] for k in tier]
+
     def unload_all(self) -> None:
         with self._lock:
-            while self._loaded:
-                self._evict_oldest()
+            self._on_device.clear()
+            self._in_ram.clear()
+            self._sizes.clear()
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
 
     def loaded_titles(self) -> list[str]:
+        """Titles on the device, least recently used first."""
         with self._lock:
-            return [m.info.title for m in self._loaded.values()]
+            return [m.info.title for m in self._on_device.values()]
+
+    def cached_titles(self) -> list[str]:
+        """Titles kept in the RAM tier, least recently used first."""
+        with self._lock:
+            return [m.info.title for m in self._in_ram.values()]
 
 
-__all__ = ["ModelManager", "ModelError", "CheckpointNotFound", "DEMO_CHECKPOINT"]
+__all__ = ["ModelManager", "TierBudget", "ModelError", "CheckpointNotFound", "DEMO_CHECKPOINT"]
