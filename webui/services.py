@@ -18,7 +18,7 @@ from webui.jobs.queue import Job, JobQueue
 from webui.models.catalog import Catalog, HashCache
 from webui.models.checkpoint_io import read_safetensors_metadata
 from webui.models.loader import LoadedModel
-from webui.models.manager import ModelManager
+from webui.models.manager import ModelManager, TierBudget
 from webui.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,12 @@ class Easel:
         for sub in ("Stable-diffusion", "VAE", "Lora", "embeddings"):
             (settings.models_dir / sub).mkdir(parents=True, exist_ok=True)
         catalog = Catalog(settings.checkpoint_dirs, HashCache(settings.cache_dir / "hashes.json"))
-        manager = ModelManager(catalog, settings.device, settings.dtype, preferred=settings.ckpt)
+        manager = ModelManager(
+            catalog, settings.device, settings.dtype,
+            device_budget=TierBudget(settings.models_on_device, settings.device_cache_gb),
+            ram_budget=TierBudget(settings.models_in_ram, settings.ram_cache_gb),
+            preferred=settings.ckpt,
+        )
         return cls(settings, manager, JobQueue(), Engine(), ImageStore(settings.outputs_dir))
 
     def close(self) -> None:

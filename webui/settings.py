@@ -38,6 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--no-half", action="store_true", help="keep models in fp32 (same as --precision fp32)")
     dev.add_argument("--xformers", action="store_true",
                      help="use xformers attention when installed and on CUDA, else PyTorch SDPA (the default)")
+    dev.add_argument("--models-on-device", type=int, default=1, metavar="N",
+                     help="checkpoints kept on the GPU at once (default 1)")
+    dev.add_argument("--models-in-ram", type=int, default=1, metavar="N",
+                     help="checkpoints kept in RAM after leaving the GPU, for fast switching back (default 1)")
+    dev.add_argument("--device-cache-gb", type=float, default=None, metavar="GB",
+                     help="also cap the models on the GPU by size")
+    dev.add_argument("--ram-cache-gb", type=float, default=None, metavar="GB",
+                     help="also cap the models kept in RAM by size")
     dev.add_argument("--skip-load-model-at-start", action="store_true",
                      help="do not load the default checkpoint at start; it loads on first use")
     add_access_arguments(p)
@@ -139,6 +147,10 @@ class Settings:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
     xformers: bool = False
+    models_on_device: int = 1
+    models_in_ram: int = 1
+    device_cache_gb: float | None = None
+    ram_cache_gb: float | None = None
     skip_load_model_at_start: bool = False
     api: bool = False
     nowebui: bool = False
@@ -212,6 +224,10 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         device=device,
         dtype=pick_dtype(args.precision, args.no_half, device),
         xformers=args.xformers,
+        models_on_device=max(1, args.models_on_device),
+        models_in_ram=max(0, args.models_in_ram),
+        device_cache_gb=args.device_cache_gb,
+        ram_cache_gb=args.ram_cache_gb,
         skip_load_model_at_start=args.skip_load_model_at_start,
         api=args.api or args.nowebui,
         nowebui=args.nowebui,
