@@ -22,17 +22,36 @@ SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
+def _safetensors_header(path: Path) -> dict:
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        if size > 100 * 1024 * 1024:
+            raise ValueError("header too large")
+        return json.loads(f.read(size))
+
+
 def read_safetensors_metadata(path: Path) -> dict[str, str]:
     """The `__metadata__` of a safetensors header, without reading the tensors."""
     try:
-        with open(path, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            if size > 100 * 1024 * 1024:
-                return {}
-            header = json.loads(f.read(size))
-        return dict(header.get("__metadata__") or {})
+        return dict(_safetensors_header(path).get("__metadata__") or {})
     except (OSError, ValueError, struct.error):
         return {}
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors, mapped from the file (no copy), with their pages read in file order.
+
+    `load_file` maps the file lazily and the model would later touch the tensors in module order,
+    turning a cold read into thousands of small random reads (measured 2.5x slower than reading the
+    file straight through). Touching one byte per page in the order the tensors lie in the file
+    makes the OS read the file sequentially now; when the file is already cached it costs little."""
+    header = _safetensors_header(path)
+    sd = load_file(str(path), device="cpu")
+    for key in sorted(sd, key=lambda k: header[k]["data_offsets"][0]):
+        flat = sd[key].reshape(-1)
+        if flat.numel():
+            flat[:: max(1, 4096 // flat.element_size())].sum()
+    return sd
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -41,8 +60,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     suffix = path.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:
         try:
-            sd = load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            sd = _load_safetensors(path)
+        except (SafetensorError, OSError, ValueError, RuntimeError, KeyError, TypeError, struct.error) as e:
             raise ModelError(f"{path.name}: not a readable safetensors file ({_short(e)}); is it truncated?") from e
     elif suffix in PICKLE_SUFFIXES:
         sd = _read_pickle(path)

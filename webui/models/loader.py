@@ -24,6 +24,7 @@ from diffusers.loaders.single_file_utils import (
     create_vae_diffusers_config_from_ldm,
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers.initialization import no_init_weights
 
 from .catalog import CheckpointInfo
 from .checkpoint_io import read_safetensors_metadata, read_state_dict
@@ -122,7 +123,7 @@ def load_single_file(info: CheckpointInfo, device: torch.device, dtype: torch.dt
         {"cond_stage_model.transformer." + k: v for k, v in clip_sd.items()},
         _json(CONFIGS / "sd15" / "text_encoder" / "config.json"),
     ))
-    with init_empty_weights():
+    with init_empty_weights(), no_init_weights():  # every weight is assigned below: skip random init
         unet = UNet2DConditionModel.from_config(unet_cfg)
         vae = AutoencoderKL.from_config(vae_cfg)
         text_encoder = CLIPTextModel(te_cfg)

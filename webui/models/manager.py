@@ -151,12 +151,15 @@ class ModelManager:
             key, old = self._on_device.popitem(last=False)
             self._move(old, torch.device("cpu"))
             self._in_ram[key] = old
+        dropped = False
         while self._in_ram and not self.ram_budget.allows(self._tier_sizes(self._in_ram)):
             key, old = self._in_ram.popitem(last=False)
             log.info("dropping %s from memory", old.info.title)
             del old
             self._sizes.pop(key, None)
-        gc.collect()
+            dropped = True
+        if dropped:  # a full collection costs ~0.1-0.5 s: only when memory is really to be returned
+            gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
