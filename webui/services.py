@@ -12,11 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from webui.generation.engine import Engine, GenerationResult
+from webui.generation.outpaint import OutpaintRequest, plan_box
 from webui.generation.requests import Img2ImgRequest, Txt2ImgRequest
+from webui.generation.zoom import ZoomRequest, ZoomVideo, run_zoom, save_zoom
 from webui.images.store import ImageStore
 from webui.jobs.queue import Job, JobQueue
 from webui.models.catalog import Catalog, HashCache
 from webui.models.checkpoint_io import read_safetensors_metadata
+from webui.models.embeddings import EmbeddingLibrary
 from webui.models.loader import LoadedModel
 from webui.models.manager import ModelManager, TierBudget
 from webui.settings import Settings
@@ -67,13 +70,21 @@ class Easel:
             ram_budget=TierBudget(settings.models_in_ram, settings.ram_cache_gb),
             preferred=settings.ckpt,
         )
-        return cls(settings, manager, JobQueue(), Engine(), ImageStore(settings.outputs_dir))
+        embeddings = EmbeddingLibrary(settings.models_dir / "embeddings")
+        embeddings.refresh()
+        return cls(settings, manager, JobQueue(), Engine(embeddings), ImageStore(settings.outputs_dir))
 
     def close(self) -> None:
         self.queue.shutdown()
         self.manager.unload_all()
 
     # -- models ----------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Rescan checkpoints and embeddings (the 🔄 button, the API's refresh-checkpoints)."""
+        self.manager.refresh()
+        if self.engine.embeddings is not None:
+            self.engine.embeddings.refresh()
+
     def load_model(self, name: str | None) -> LoadedModel:
         model = self.manager.get(name)
         if self.use_xformers:
@@ -127,3 +138,34 @@ class Easel:
     def submit_load(self, name: str | None, owner: str = "anonymous") -> Job:
         """Load (hot-swap to) a checkpoint between jobs, as a job of its own."""
         return self.queue.submit(Job(run=lambda job: self.load_model(name).info.title, description="load", owner=owner))
+
+    def submit_outpaint(self, request: OutpaintRequest, owner: str = "anonymous", save: bool = True) -> Job:
+        """One box of the outpaint canvas: txt2img, img2img or outpaint by how much of it is painted
+        (webui/generation/outpaint.py). Every image comes back as the whole box, ready to lay on the canvas."""
+        def run(job: Job) -> SavedResult:
+            job.set_stage(f"loading {request.checkpoint or 'default checkpoint'}")
+            model = self.load_model(request.checkpoint)
+            plan = plan_box(request)
+            engine_call = self.engine.txt2img if plan.kind == "txt2img" else self.engine.img2img
+            result = engine_call(model, plan.request, job)
+            result.images = [plan.finish(image) for image in result.images]
+            result.extra["box_kind"] = plan.kind
+            paths = []
+            if save:
+                job.set_stage("saving")
+                paths = [self.store.save(img, info, "outpaint-images", seed)
+                         for img, info, seed in zip(result.images, result.infotexts, result.seeds)]
+            return SavedResult(result, paths)
+
+        return self.queue.submit(Job(run=run, description="outpaint", owner=owner))
+
+    def submit_zoom(self, request: ZoomRequest, owner: str = "anonymous") -> Job:
+        """An infinite-zoom video: keyframes, then the mp4 under outputs/zoom/DATE/. An interrupted job
+        still writes the video of the keyframes it finished."""
+        def run(job: Job) -> ZoomVideo:
+            job.set_stage(f"loading {request.checkpoint or 'default checkpoint'}")
+            result = run_zoom(self.engine, self.load_model(request.checkpoint), request, job)
+            job.set_stage("writing the video")
+            return save_zoom(result, self.store.folder("zoom"))
+
+        return self.queue.submit(Job(run=run, description="zoom", owner=owner))

@@ -12,11 +12,12 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from webui.models.embeddings import Embedding, split_on_embeddings
 from webui.models.tokenizers import clean_text
 from webui.prompts import get_learned_conditioning_prompt_schedules, parse_prompt_attention
 
@@ -28,15 +29,22 @@ COMMA_BACKTRACK = 20
 class PromptChunk:
     tokens: list[int]
     weights: list[float]
+    # textual-inversion vectors: (offset of the first placeholder token in `tokens`, [n, width])
+    fixes: list[tuple[int, torch.Tensor]] = field(default_factory=list)
 
 
 class PromptEncoder:
     """Encodes prompt texts for one loaded text encoder; caches each distinct text."""
 
-    def __init__(self, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, clip_skip: int = 1):
+    def __init__(self, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, clip_skip: int = 1,
+                 embeddings: dict[str, Embedding] | None = None):
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.clip_skip = clip_skip
+        width = text_encoder.config.hidden_size
+        # only embeddings made for this text encoder's width can be used; others are plain words
+        self.embeddings = {n: e.for_width(width) for n, e in (embeddings or {}).items() if e.for_width(width) is not None}
+        self.used_embeddings: set[str] = set()
         self.bos = tokenizer.bos_token_id
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
@@ -50,40 +58,58 @@ class PromptEncoder:
         cleaned = [clean_text(t) for t in texts]
         return self.tokenizer(cleaned, add_special_tokens=False, truncation=False)["input_ids"]
 
+    def _pieces(self, parsed: list) -> list[list[tuple[list[int], str | None]]]:
+        """Per parsed fragment: its token runs, each either plain tokens or one embedding's name."""
+        names = list(self.embeddings)
+        split = [split_on_embeddings(text, names) if names else [(text, None)] for text, _ in parsed]
+        plain = [piece for parts in split for piece, emb in parts if emb is None]
+        ids = iter(self.tokenize_fragments(plain))
+        return [[(next(ids), None) if emb is None else ([], emb) for _, emb in parts] for parts in split]
+
     def chunks(self, text: str) -> list[PromptChunk]:
         """Split a prompt into weighted 75-token chunks (without BOS/EOS/padding)."""
         parsed = parse_prompt_attention(text)
-        fragments = self.tokenize_fragments([t for t, w in parsed if w != -1 or t != "BREAK"])
+        pieces = self._pieces(parsed)
         chunks: list[PromptChunk] = []
-        tokens: list[int] = []
-        weights: list[float] = []
+        chunk = PromptChunk([], [])
         last_comma = -1
 
         def flush() -> None:
-            nonlocal tokens, weights, last_comma
-            chunks.append(PromptChunk(tokens, weights))
-            tokens, weights, last_comma = [], [], -1
+            nonlocal chunk, last_comma
+            chunks.append(chunk)
+            chunk, last_comma = PromptChunk([], []), -1
 
-        it = iter(fragments)
-        for text, weight in parsed:
-            if text == "BREAK" and weight == -1:
+        for (text_piece, weight), runs in zip(parsed, pieces):
+            if text_piece == "BREAK" and weight == -1:
                 flush()
                 continue
-            for tok in next(it):
-                if tok == self.comma:
-                    last_comma = len(tokens)
-                elif len(tokens) == CHUNK_TOKENS and last_comma != -1 and len(tokens) - last_comma <= COMMA_BACKTRACK:
-                    # keep the words after the last comma together in the next chunk
-                    split = last_comma + 1
-                    moved_t, moved_w = tokens[split:], weights[split:]
-                    tokens, weights = tokens[:split], weights[:split]
-                    flush()
-                    tokens, weights = moved_t, moved_w
-                if len(tokens) == CHUNK_TOKENS:
-                    flush()
-                tokens.append(tok)
-                weights.append(weight)
-        if tokens or not chunks:
+            for tokens, emb in runs:
+                if emb is not None:  # an embedding's vectors never straddle two chunks
+                    vectors = self.embeddings[emb]
+                    if len(chunk.tokens) + len(vectors) > CHUNK_TOKENS:
+                        flush()
+                    chunk.fixes.append((len(chunk.tokens), vectors))
+                    chunk.tokens.extend([self.pad] * len(vectors))
+                    chunk.weights.extend([weight] * len(vectors))
+                    self.used_embeddings.add(emb)
+                    continue
+                for tok in tokens:
+                    if tok == self.comma:
+                        last_comma = len(chunk.tokens)
+                    elif (len(chunk.tokens) == CHUNK_TOKENS and last_comma != -1
+                          and len(chunk.tokens) - last_comma <= COMMA_BACKTRACK
+                          and all(offset < last_comma for offset, _ in chunk.fixes)):
+                        # keep the words after the last comma together in the next chunk
+                        split = last_comma + 1
+                        moved = PromptChunk(chunk.tokens[split:], chunk.weights[split:])
+                        chunk.tokens, chunk.weights = chunk.tokens[:split], chunk.weights[:split]
+                        flush()
+                        chunk = moved
+                    if len(chunk.tokens) == CHUNK_TOKENS:
+                        flush()
+                    chunk.tokens.append(tok)
+                    chunk.weights.append(weight)
+        if chunk.tokens or not chunks:
             flush()
         return chunks
 
@@ -92,19 +118,40 @@ class PromptEncoder:
         pad = CHUNK_TOKENS - len(chunk.tokens)
         ids = [self.bos] + chunk.tokens + [self.eos] + [self.pad] * pad
         weights = [1.0] + chunk.weights + [1.0] * (pad + 1)
-        model = self.text_encoder
-        ids_t = torch.tensor([ids], device=model.device)
-        if self.clip_skip > 1:
-            out = model(ids_t, output_hidden_states=True)
-            z = getattr(model, "text_model", model).final_layer_norm(out.hidden_states[-self.clip_skip])
-        else:
-            z = model(ids_t).last_hidden_state
+        ids_t = torch.tensor([ids], device=self.text_encoder.device)
+        z = self._encode_with_vectors(ids_t, chunk.fixes) if chunk.fixes else self._run_text_encoder(ids_t)
         w = torch.tensor(weights, device=z.device, dtype=z.dtype)[None, :, None]
         if bool((w != 1).any()):
             original_mean = z.mean()
             z = z * w
             z = z * (original_mean / z.mean())
         return z
+
+    def _run_text_encoder(self, ids: torch.Tensor) -> torch.Tensor:
+        model = self.text_encoder
+        if self.clip_skip > 1:
+            out = model(ids, output_hidden_states=True)
+            return getattr(model, "text_model", model).final_layer_norm(out.hidden_states[-self.clip_skip])
+        return model(ids).last_hidden_state
+
+    def _encode_with_vectors(self, ids: torch.Tensor, fixes: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+        """The text encoder's pass with some token embeddings replaced by textual-inversion vectors.
+
+        CLIPTextModel takes token ids only, so a forward hook (PyTorch's own extension point; removed
+        right after) swaps the vectors into the token-embedding output for this one call."""
+        token_embedding = getattr(self.text_encoder, "text_model", self.text_encoder).embeddings.token_embedding
+
+        def put_vectors(module, inputs, output):
+            output = output.clone()
+            for offset, vectors in fixes:  # +1: the BOS token comes first
+                output[0, offset + 1: offset + 1 + len(vectors)] = vectors.to(output.device, output.dtype)
+            return output
+
+        handle = token_embedding.register_forward_hook(put_vectors)
+        try:
+            return self._run_text_encoder(ids)
+        finally:
+            handle.remove()
 
     @torch.no_grad()
     def encode(self, text: str) -> torch.Tensor:

@@ -22,6 +22,7 @@ from PIL import Image
 
 from webui import __version__
 from webui.images.infotext import create_infotext
+from webui.models.embeddings import EmbeddingLibrary
 from webui.models.loader import LoadedModel
 
 from . import masks as M
@@ -82,7 +83,8 @@ def resolve_request(req: GenerationParams, model: LoadedModel, size: tuple[int, 
     })
 
 
-def infotext_params(req: GenerationParams, model: LoadedModel, seed: int, subseed: int) -> dict:
+def infotext_params(req: GenerationParams, model: LoadedModel, seed: int, subseed: int,
+                    extra: dict | None = None) -> dict:
     params = {
         "Steps": req.steps,
         "Sampler": req.sampler_name,
@@ -105,6 +107,7 @@ def infotext_params(req: GenerationParams, model: LoadedModel, seed: int, subsee
             params["Masked content"] = M.MASKED_CONTENT[req.inpainting_fill]
             params["Inpaint area"] = M.INPAINT_AREAS[int(req.inpaint_full_res)]
             params["Masked area padding"] = req.inpaint_full_res_padding
+    params.update(extra or {})
     return params
 
 
@@ -171,7 +174,22 @@ def prepare_img2img(req: Img2ImgRequest) -> _Prepared:
 
 
 class Engine:
-    """Stateless: every call gets the model and request it works on."""
+    """Holds no model: every call gets the model and request it works on. The embeddings library is
+    shared (read-only here) so prompts can name textual-inversion embeddings."""
+
+    def __init__(self, embeddings: EmbeddingLibrary | None = None):
+        self.embeddings = embeddings
+
+    def prompt_encoder(self, model: LoadedModel, clip_skip: int) -> PromptEncoder:
+        library = self.embeddings.snapshot() if self.embeddings is not None else None
+        return PromptEncoder(model.tokenizer, model.text_encoder, clip_skip, embeddings=library)
+
+    def _extra_params(self, encoder: PromptEncoder) -> dict:
+        if not encoder.used_embeddings or self.embeddings is None:
+            return {}
+        known = self.embeddings.snapshot()
+        hashes = ", ".join(f"{n}: {known[n].shorthash}" for n in sorted(encoder.used_embeddings) if n in known)
+        return {"TI hashes": hashes} if hashes else {}
 
     # -- job kinds -------------------------------------------------------------------------------
     def txt2img(self, model: LoadedModel, req: Txt2ImgRequest, progress: ProgressSink | None = None) -> GenerationResult:
@@ -251,7 +269,7 @@ class Engine:
                   init: Callable[[torch.Tensor, int], InitLatents] | None) -> GenerationResult:
         progress = progress or NullProgress()
         started = time.perf_counter()
-        encoder = PromptEncoder(model.tokenizer, model.text_encoder, req.clip_skip)
+        encoder = self.prompt_encoder(model, req.clip_skip)
         cond = ScheduledConditioning(encoder, [req.prompt] * req.batch_size, req.steps)
         uncond = ScheduledConditioning(encoder, [req.negative_prompt] * req.batch_size, req.steps)
         images, infotexts, seeds, subseeds = [], [], [], []
@@ -267,7 +285,8 @@ class Engine:
             progress.set_stage("decoding")
             for image, s, ss in zip(latents_to_images(model, latents), batch_seeds, batch_subseeds):
                 images.append(image)
-                infotexts.append(create_infotext(req.prompt, req.negative_prompt, infotext_params(req, model, s, ss)))
+                params = infotext_params(req, model, s, ss, self._extra_params(encoder))
+                infotexts.append(create_infotext(req.prompt, req.negative_prompt, params))
                 seeds.append(s)
                 subseeds.append(ss)
         return GenerationResult(images, infotexts, seeds, subseeds, req, interrupted, time.perf_counter() - started)

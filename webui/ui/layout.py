@@ -11,9 +11,11 @@ from webui.images.store import read_infotext
 from webui.services import Easel
 
 from .img2img import Img2ImgTab
+from .outpaint import OutpaintTab
 from .pnginfo import PngInfoTab
 from .txt2img import Txt2ImgTab
 from .widgets import error_html, notice_html
+from .zoom import ZoomTab
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -50,6 +52,10 @@ def build_ui(easel: Easel) -> gr.Blocks:
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
                 img2img = Img2ImgTab(easel, checkpoint)
                 img2img.build()
+            with gr.Tab("Outpaint", id="outpaint", elem_id="tab_outpaint"):
+                OutpaintTab(easel, checkpoint).build()
+            with gr.Tab("Infinite zoom", id="zoom", elem_id="tab_zoom"):
+                ZoomTab(easel, checkpoint).build()
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 pnginfo = PngInfoTab()
                 pnginfo.build()
@@ -104,7 +110,7 @@ def wire_checkpoint(easel: Easel, checkpoint: gr.Dropdown, refresh: gr.Button, s
     size_fields = [c.fields[n] for c in controls for n in ("width", "height")]
 
     def on_refresh(current: str | None):
-        easel.manager.refresh()
+        easel.refresh()
         titles = easel.manager.titles()
         value = current if current in titles else (titles[0] if titles else None)
         return gr.Dropdown(choices=titles, value=value), notice_html(f"{len(titles)} checkpoint(s)")
@@ -124,8 +130,10 @@ def wire_checkpoint(easel: Easel, checkpoint: gr.Dropdown, refresh: gr.Button, s
 
 
 def launch_kwargs() -> dict:
-    """Theme, CSS and JS go to `launch()` in Gradio 6."""
+    """Theme, CSS and JS go to `launch()` in Gradio 6. The canvas script goes in the page head: it
+    waits for its element itself, since Gradio renders a tab's contents only when it is first shown."""
     return {
-        "css": (STATIC / "easel.css").read_text(encoding="utf-8"),
+        "css": "\n".join((STATIC / name).read_text(encoding="utf-8") for name in ("easel.css", "canvas.css")),
         "js": (STATIC / "easel.js").read_text(encoding="utf-8"),
+        "head": f"<script>{(STATIC / 'canvas.js').read_text(encoding='utf-8')}</script>",
     }
