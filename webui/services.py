@@ -20,6 +20,7 @@ from webui.jobs.queue import Job, JobQueue
 from webui.models.catalog import Catalog, HashCache
 from webui.models.checkpoint_io import read_safetensors_metadata
 from webui.models.embeddings import EmbeddingLibrary
+from webui.models.vae import VaeLibrary, apply_vae
 from webui.models.loader import LoadedModel
 from webui.models.manager import ModelManager, TierBudget
 from webui.settings import Settings
@@ -51,6 +52,7 @@ class Easel:
         self.queue = queue
         self.engine = engine
         self.store = store
+        self.vaes = VaeLibrary(settings.models_dir / "VAE")
         self.use_xformers = False
         if settings.xformers:
             problem = xformers_problem(settings)
@@ -85,8 +87,10 @@ class Easel:
         if self.engine.embeddings is not None:
             self.engine.embeddings.refresh()
 
-    def load_model(self, name: str | None) -> LoadedModel:
+    def load_model(self, name: str | None, vae: str | None = None) -> LoadedModel:
+        """The checkpoint on the device with the chosen VAE (see webui.models.vae) in place."""
         model = self.manager.get(name)
+        apply_vae(model, self.vaes, vae)
         if self.use_xformers:
             model.unet.enable_xformers_memory_efficient_attention()
             model.vae.enable_xformers_memory_efficient_attention()
@@ -121,7 +125,7 @@ class Easel:
     def _submit(self, kind: str, request: Txt2ImgRequest | Img2ImgRequest, owner: str, save: bool) -> Job:
         def run(job: Job) -> SavedResult:
             job.set_stage(f"loading {request.checkpoint or 'default checkpoint'}")
-            model = self.load_model(request.checkpoint)
+            model = self.load_model(request.checkpoint, request.vae)
             engine_call = self.engine.img2img if kind == "img2img" else self.engine.txt2img
             result = engine_call(model, request, job)
             paths = []
@@ -144,7 +148,7 @@ class Easel:
         (webui/generation/outpaint.py). Every image comes back as the whole box, ready to lay on the canvas."""
         def run(job: Job) -> SavedResult:
             job.set_stage(f"loading {request.checkpoint or 'default checkpoint'}")
-            model = self.load_model(request.checkpoint)
+            model = self.load_model(request.checkpoint, request.vae)
             plan = plan_box(request)
             engine_call = self.engine.txt2img if plan.kind == "txt2img" else self.engine.img2img
             result = engine_call(model, plan.request, job)

@@ -94,6 +94,8 @@ def infotext_params(req: GenerationParams, model: LoadedModel, seed: int, subsee
         "Size": f"{req.width}x{req.height}",
         "Model hash": model.info.shorthash,
         "Model": model.info.model_name,
+        "VAE hash": getattr(model.vae_file, "shorthash", None),
+        "VAE": model.vae_file.name.rsplit(".", 1)[0] if model.vae_file is not None else None,
         "Variation seed": subseed if req.subseed_strength > 0 else None,
         "Variation seed strength": req.subseed_strength if req.subseed_strength > 0 else None,
         "Clip skip": req.clip_skip if req.clip_skip > 1 else None,
@@ -128,6 +130,14 @@ def encode_images(model: LoadedModel, images: list[Image.Image]) -> torch.Tensor
 def latents_to_images(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
     vae = model.vae
     decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+    if vae.dtype == torch.float16 and torch.isnan(decoded).any():
+        # some VAEs overflow in fp16 (A1111's "NaNs in VAE"): decode once more in fp32
+        log.warning("the VAE produced NaNs in fp16; decoding again in fp32")
+        vae.to(torch.float32)
+        try:
+            decoded = vae.decode(latents.float() / vae.config.scaling_factor).sample
+        finally:
+            vae.to(torch.float16)
     arr = ((decoded.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
     arr = arr.permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(np.ascontiguousarray(a)) for a in arr]

@@ -43,6 +43,8 @@ class GenerationParams(BaseModel):
     n_iter: int = Field(1, ge=1, le=MAX_BATCH_COUNT, description="batch count")
     clip_skip: int = Field(1, ge=1, le=12)
     checkpoint: str | None = Field(None, description="checkpoint title, name or hash; empty = the default")
+    vae: str | None = Field(None, description='"Automatic" (default), "None" (the checkpoint\'s own) '
+                                              'or a file in models/VAE')
 
     @field_validator("width", "height")
     @classmethod

@@ -51,6 +51,8 @@ class LoadedModel:
     dtype: torch.dtype
     default_size: tuple[int, int] = (512, 512)
     metadata: dict[str, str] = field(default_factory=dict)
+    own_vae: AutoencoderKL | None = None  # the checkpoint's VAE while another one is selected
+    vae_file: object | None = None  # the models/VAE file in use (None = the checkpoint's own)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -61,7 +63,8 @@ class LoadedModel:
         return self.vae.config.latent_channels
 
     def modules(self) -> list[torch.nn.Module]:
-        return [self.unet, self.vae, self.text_encoder]
+        extra = [self.own_vae] if self.own_vae is not None and self.own_vae is not self.vae else []
+        return [self.unet, self.vae, self.text_encoder, *extra]
 
 
 def _json(path: Path) -> dict:

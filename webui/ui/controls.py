@@ -21,6 +21,7 @@ from .widgets import error_html, notice_html, progress_html, session_id
 
 POLL_SECONDS = 0.25
 DEFAULTS = GenerationParams()
+SHARED_FIELDS = ("checkpoint", "vae")  # page-wide pickers, not per-tab controls
 INT_FIELDS = {"steps", "n_iter", "batch_size", "clip_skip", "width", "height", "seed", "mask_blur",
               "inpaint_full_res_padding"}
 
@@ -32,6 +33,7 @@ class GenerationControls:
     prefix: str
     easel: Easel
     checkpoint: gr.Dropdown
+    vae: gr.Dropdown | None = None
     fields: dict[str, Any] = field(default_factory=dict)
 
     def prompt_row(self) -> tuple[gr.Button, gr.Button]:
@@ -77,6 +79,8 @@ class GenerationControls:
             self.recycle = gr.Button("♻️", elem_id=f"{p}_reuse_seed", scale=1, min_width=40)
         f["clip_skip"] = gr.Slider(1, 12, value=1, step=1, label="Clip skip", elem_id=f"{p}_clip_skip")
         f["checkpoint"] = self.checkpoint
+        if self.vae is not None:
+            f["vae"] = self.vae
 
     def request_values(self, data: dict) -> dict[str, Any]:
         values = {name: data[comp] for name, comp in self.fields.items() if comp in data}
@@ -84,12 +88,14 @@ class GenerationControls:
             if values[name] is not None:
                 values[name] = int(values[name])
         values["checkpoint"] = values.get("checkpoint") or None
+        values["vae"] = values.get("vae") or None
         return values
 
     def updates_from_infotext(self, text: str) -> dict:
         """{component: value} for every control an infotext names (others untouched)."""
         fields = fields_from_infotext(text or "")
-        return {comp: fields[name] for name, comp in self.fields.items() if name in fields and name != "checkpoint"}
+        return {comp: fields[name] for name, comp in self.fields.items()
+                if name in fields and name not in SHARED_FIELDS}
 
 
 @dataclass

@@ -29,9 +29,9 @@ def mask_from_layers(value: dict | None) -> Image.Image | None:
 
 
 class Img2ImgTab:
-    def __init__(self, easel: Easel, checkpoint: gr.Dropdown):
+    def __init__(self, easel: Easel, checkpoint: gr.Dropdown, vae: gr.Dropdown | None = None):
         self.easel = easel
-        self.controls = GenerationControls("img2img", easel, checkpoint)
+        self.controls = GenerationControls("img2img", easel, checkpoint, vae)
         self.results = ResultView("img2img")
         self.runner = JobRunner(easel)
 

@@ -6,13 +6,13 @@ import gradio as gr
 from webui.generation.requests import Txt2ImgRequest
 from webui.services import Easel
 
-from .controls import GenerationControls, JobRunner, ResultView
+from .controls import SHARED_FIELDS, GenerationControls, JobRunner, ResultView
 
 
 class Txt2ImgTab:
-    def __init__(self, easel: Easel, checkpoint: gr.Dropdown):
+    def __init__(self, easel: Easel, checkpoint: gr.Dropdown, vae: gr.Dropdown | None = None):
         self.easel = easel
-        self.controls = GenerationControls("txt2img", easel, checkpoint)
+        self.controls = GenerationControls("txt2img", easel, checkpoint, vae)
         self.results = ResultView("txt2img")
         self.runner = JobRunner(easel)
 
@@ -46,6 +46,6 @@ def wire_seed_buttons(controls: GenerationControls, results: ResultView) -> None
 
 def wire_paste_button(controls: GenerationControls) -> None:
     """↙: an infotext pasted into the prompt box fills every field it names (A1111's behaviour)."""
-    targets = [comp for name, comp in controls.fields.items() if name != "checkpoint"]
+    targets = [comp for name, comp in controls.fields.items() if name not in SHARED_FIELDS]
     controls.paste.click(lambda text: controls.updates_from_infotext(text) or {},
                          inputs=controls.fields["prompt"], outputs=targets, api_name=False)
