@@ -20,6 +20,7 @@ from webui.jobs.queue import Job, JobQueue
 from webui.models.catalog import Catalog, HashCache
 from webui.models.checkpoint_io import read_safetensors_metadata
 from webui.models.embeddings import EmbeddingLibrary
+from webui.models.lora import LoraLibrary
 from webui.models.vae import VaeLibrary, apply_vae
 from webui.models.loader import LoadedModel
 from webui.models.manager import ModelManager, TierBudget
@@ -74,7 +75,8 @@ class Easel:
         )
         embeddings = EmbeddingLibrary(settings.models_dir / "embeddings")
         embeddings.refresh()
-        return cls(settings, manager, JobQueue(), Engine(embeddings), ImageStore(settings.outputs_dir))
+        loras = LoraLibrary(settings.models_dir / "Lora")
+        return cls(settings, manager, JobQueue(), Engine(embeddings, loras), ImageStore(settings.outputs_dir))
 
     def close(self) -> None:
         self.queue.shutdown()

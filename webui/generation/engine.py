@@ -23,6 +23,7 @@ from PIL import Image
 from webui import __version__
 from webui.images.infotext import create_infotext
 from webui.models.embeddings import EmbeddingLibrary
+from webui.models.lora import LoraLibrary, activate_loras, extract_lora_tags
 from webui.models.loader import LoadedModel
 
 from . import masks as M
@@ -187,19 +188,24 @@ class Engine:
     """Holds no model: every call gets the model and request it works on. The embeddings library is
     shared (read-only here) so prompts can name textual-inversion embeddings."""
 
-    def __init__(self, embeddings: EmbeddingLibrary | None = None):
+    def __init__(self, embeddings: EmbeddingLibrary | None = None, loras: LoraLibrary | None = None):
         self.embeddings = embeddings
+        self.loras = loras
 
     def prompt_encoder(self, model: LoadedModel, clip_skip: int) -> PromptEncoder:
         library = self.embeddings.snapshot() if self.embeddings is not None else None
         return PromptEncoder(model.tokenizer, model.text_encoder, clip_skip, embeddings=library)
 
-    def _extra_params(self, encoder: PromptEncoder) -> dict:
-        if not encoder.used_embeddings or self.embeddings is None:
-            return {}
-        known = self.embeddings.snapshot()
-        hashes = ", ".join(f"{n}: {known[n].shorthash}" for n in sorted(encoder.used_embeddings) if n in known)
-        return {"TI hashes": hashes} if hashes else {}
+    def _extra_params(self, encoder: PromptEncoder, loras: list) -> dict:
+        extra = {}
+        if loras:
+            extra["Lora hashes"] = ", ".join(f"{f.name}: {f.shorthash}" for f in loras)
+        if encoder.used_embeddings and self.embeddings is not None:
+            known = self.embeddings.snapshot()
+            hashes = ", ".join(f"{n}: {known[n].shorthash}" for n in sorted(encoder.used_embeddings) if n in known)
+            if hashes:
+                extra["TI hashes"] = hashes
+        return extra
 
     # -- job kinds -------------------------------------------------------------------------------
     def txt2img(self, model: LoadedModel, req: Txt2ImgRequest, progress: ProgressSink | None = None) -> GenerationResult:
@@ -279,9 +285,12 @@ class Engine:
                   init: Callable[[torch.Tensor, int], InitLatents] | None) -> GenerationResult:
         progress = progress or NullProgress()
         started = time.perf_counter()
+        prompt, uses = extract_lora_tags(req.prompt)
+        negative, _ = extract_lora_tags(req.negative_prompt)
+        loras = activate_loras(model, self.loras, uses) if self.loras is not None else []
         encoder = self.prompt_encoder(model, req.clip_skip)
-        cond = ScheduledConditioning(encoder, [req.prompt] * req.batch_size, req.steps)
-        uncond = ScheduledConditioning(encoder, [req.negative_prompt] * req.batch_size, req.steps)
+        cond = ScheduledConditioning(encoder, [prompt] * req.batch_size, req.steps)
+        uncond = ScheduledConditioning(encoder, [negative] * req.batch_size, req.steps)
         images, infotexts, seeds, subseeds = [], [], [], []
         interrupted = False
         for n in range(req.n_iter):
@@ -295,7 +304,7 @@ class Engine:
             progress.set_stage("decoding")
             for image, s, ss in zip(latents_to_images(model, latents), batch_seeds, batch_subseeds):
                 images.append(image)
-                params = infotext_params(req, model, s, ss, self._extra_params(encoder))
+                params = infotext_params(req, model, s, ss, self._extra_params(encoder, loras))
                 infotexts.append(create_infotext(req.prompt, req.negative_prompt, params))
                 seeds.append(s)
                 subseeds.append(ss)

@@ -53,6 +53,7 @@ class LoadedModel:
     metadata: dict[str, str] = field(default_factory=dict)
     own_vae: AutoencoderKL | None = None  # the checkpoint's VAE while another one is selected
     vae_file: object | None = None  # the models/VAE file in use (None = the checkpoint's own)
+    loras: dict = field(default_factory=dict)  # LoRA name -> file, injected as peft adapters
 
     @property
     def vae_scale_factor(self) -> int:

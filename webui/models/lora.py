@@ -1,0 +1,133 @@
+"""LoRA from `models/Lora/`, used in prompts as `<lora:name:weight>` (A1111's extra-network syntax).
+
+Files in kohya/A1111 formats are read and injected through diffusers' own LoRA loaders (backed by
+peft), once per loaded model, as named adapters; each job then activates exactly the adapters its
+prompt names, with their weights, and a job that names none runs with all adapters disabled.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.loaders.lora_base import set_adapters_for_text_encoder
+from diffusers.utils.peft_utils import set_adapter_layers
+
+from .catalog import sha256_of_files
+from .checkpoint_io import read_state_dict
+from .errors import ModelError
+
+LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt")
+_TAG = re.compile(r"<(?:lora|lyco):([^:>]+)(?::([^:>]*))?(?::([^>]*))?>", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class LoraUse:
+    name: str
+    weight: float
+
+
+def extract_lora_tags(prompt: str) -> tuple[str, list[LoraUse]]:
+    """The prompt without `<lora:…>` tags, and the LoRAs they name (A1111 strips them before encoding).
+    `<lora:name>` means weight 1; a second number (A1111's `te:unet` form) gives the UNet its own weight,
+    which Easel folds into one weight (the first) for both."""
+    uses: list[LoraUse] = []
+    for m in _TAG.finditer(prompt):
+        raw = (m.group(2) or "1").strip().removeprefix("te=")
+        try:
+            weight = float(raw) if raw else 1.0
+        except ValueError:
+            raise ValueError(f"prompt: LoRA tag {m.group(0)!r} has a weight that is not a number") from None
+        uses.append(LoraUse(m.group(1).strip(), weight))
+    return _TAG.sub("", prompt), uses
+
+
+@dataclass
+class LoraFile:
+    name: str
+    path: Path
+    shorthash: str | None = None
+
+
+@dataclass
+class LoraLibrary:
+    folder: Path
+    _hashes: dict[Path, str] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def files(self) -> list[LoraFile]:
+        if not self.folder.is_dir():
+            return []
+        return [LoraFile(p.stem, p) for p in sorted(self.folder.rglob("*"))
+                if p.suffix.lower() in LORA_SUFFIXES and p.is_file()]
+
+    def find(self, name: str) -> LoraFile:
+        for f in self.files():  # names resolve only through the listing: nothing outside the folder
+            if name in (f.name, f.path.name):
+                with self._lock:
+                    if f.path not in self._hashes:
+                        self._hashes[f.path] = sha256_of_files([f.path])[:12]
+                    f.shorthash = self._hashes[f.path]
+                return f
+        raise ModelError(f"LoRA {name!r} not found in {self.folder.name}/ "
+                         f"(available: {', '.join(f.name for f in self.files()) or 'none'})")
+
+
+def _adapter(name: str) -> str:
+    return "lora_" + re.sub(r"\W", "_", name)
+
+
+def _inject(model, f: LoraFile) -> None:
+    source = str(f.path) if f.path.suffix == ".safetensors" else read_state_dict(f.path)
+    try:
+        state, alphas = StableDiffusionPipeline.lora_state_dict(source)
+        if not any(k.startswith(("unet.", "text_encoder.")) for k in state):
+            raise ValueError("no LoRA weights for a UNet or text encoder in it")
+        StableDiffusionPipeline.load_lora_into_unet(dict(state), alphas, unet=model.unet, adapter_name=_adapter(f.name))
+        if any(k.startswith("text_encoder.") for k in state):
+            StableDiffusionPipeline.load_lora_into_text_encoder(
+                dict(state), alphas, text_encoder=model.text_encoder, prefix="text_encoder",
+                adapter_name=_adapter(f.name))
+    except (ValueError, KeyError, RuntimeError, TypeError, OSError) as e:
+        raise ModelError(f"{f.path.name}: not a LoRA this model can use ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200] if str(e) else ''})") from e
+
+
+def activate_loras(model, library: LoraLibrary, uses: list[LoraUse]) -> list[LoraFile]:
+    """Make exactly `uses` active on the model (injecting new files once); returns the files used."""
+    loaded: dict[str, LoraFile] = model.loras
+    files = [library.find(u.name) for u in uses]
+    for f in files:
+        if f.name not in loaded:
+            _inject(model, f)
+            loaded[f.name] = f
+    if not loaded:
+        return files
+    if not uses:
+        set_adapter_layers(model.unet, enabled=False)
+        if _has_adapters(model.text_encoder):
+            set_adapter_layers(model.text_encoder, enabled=False)
+        return files
+    names = [_adapter(u.name) for u in uses]
+    weights = [u.weight for u in uses]
+    set_adapter_layers(model.unet, enabled=True)
+    model.unet.set_adapters(names, weights)
+    te_names = [(n, w) for n, w in zip(names, weights) if n in _adapters_of(model.text_encoder)]
+    if te_names:
+        set_adapter_layers(model.text_encoder, enabled=True)
+        set_adapters_for_text_encoder([n for n, _ in te_names], model.text_encoder, [w for _, w in te_names])
+    elif _has_adapters(model.text_encoder):
+        set_adapter_layers(model.text_encoder, enabled=False)
+    return files
+
+
+def _adapters_of(module: torch.nn.Module) -> set[str]:
+    config = getattr(module, "peft_config", None)
+    return set(config) if config else set()
+
+
+def _has_adapters(module: torch.nn.Module) -> bool:
+    return bool(_adapters_of(module))
