@@ -36,6 +36,7 @@ def build_app(easel: Easel, settings: Settings, limits: ApiLimits | None = None)
     from fastapi import FastAPI
 
     from webui.api import build_api_router
+    from webui.api.canvas import build_canvas_router
     from webui.auth import AccessGuard, Accounts, Gate
 
     gate = Gate(Accounts.from_settings(settings))
@@ -46,6 +47,7 @@ def build_app(easel: Easel, settings: Settings, limits: ApiLimits | None = None)
     )
     if settings.api:
         app.include_router(build_api_router(easel, gate, limits))
+    app.include_router(build_canvas_router(easel, gate))  # the outpaint canvas's endpoint (UI and API)
     if not settings.nowebui:
         mount_ui(app, easel, settings, gate)
     if gate.enabled:

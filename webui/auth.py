@@ -198,7 +198,6 @@ class AccessGuard:
         headers = Headers(scope=scope)
         user, wrong = self.gate.identify(headers, surface_of(path))
         if user is not None:
-            scope.setdefault("state", {})["user"] = user
             await self.app(scope, receive, send)
             return
         if wrong:

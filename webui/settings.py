@@ -97,8 +97,8 @@ def read_credentials_file(path: Path) -> dict[str, str]:
     except OSError as e:
         raise ValueError(f"--gradio-auth-path: cannot read {path}: {e.strerror or e}") from None
     users: dict[str, str] = {}
-    for line in text.splitlines():
-        for user, password in parse_credentials(line, f"--gradio-auth-path {path}").items():
+    for number, line in enumerate(text.splitlines(), start=1):
+        for user, password in parse_credentials(line, f"--gradio-auth-path {path}, line {number}").items():
             if user in users:
                 raise ValueError(f"--gradio-auth-path {path}: user {user!r} is given twice")
             users[user] = password

@@ -22,7 +22,7 @@ __all__ = ["ApiLimits", "build_api_router"]
 
 def build_api_router(easel: Easel, gate: Gate | None = None, limits: ApiLimits | None = None) -> APIRouter:
     ctx = ApiContext(easel, gate, limits)
-    router = APIRouter()
+    router = APIRouter(max_body_size=ctx.limits.max_body_bytes)
     router.include_router(sdapi_router(ctx))
     router.include_router(easel_router(ctx))
     return router

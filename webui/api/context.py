@@ -17,15 +17,16 @@ from fastapi import Header, Request
 from pydantic import ValidationError
 
 from webui.auth import ANONYMOUS, Gate
-from webui.generation.requests import Txt2ImgRequest
+from webui.generation.requests import GenerationParams
 from webui.jobs.queue import Job
 from webui.models.catalog import CheckpointInfo
 from webui.models.errors import CheckpointNotFound
 from webui.services import Easel
 
-from .errors import ApiError, field_error, validation_response
-from .schemas import ApiOptions, ApiTxt2ImgRequest
+from .errors import ApiError, InvalidFields, field_error
+from .schemas import ApiGenerationRequest, ApiOptions
 
+SubmitJob = Callable[[Any, str, bool], Job]  # Easel.submit_txt2img(request, owner, save) and its siblings
 CLIENT_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,64}$")
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -47,6 +48,7 @@ class ApiLimits:
     max_steps: int | None = None
     max_pixels: int | None = None  # width * height
     max_images: int | None = None  # batch_size * n_iter
+    max_body_bytes: int = 256 * 1024 * 1024  # a request body over this is refused (413) before it is read
 
 
 @dataclass
@@ -54,7 +56,7 @@ class Submission:
     """A queued API job with what the response needs to describe it."""
 
     job: Job
-    body: ApiTxt2ImgRequest
+    body: ApiGenerationRequest
     checkpoint: CheckpointInfo
     ignored: list[str] = field(default_factory=list)
 
@@ -95,6 +97,10 @@ class ApiContext:
         self.gate = gate
         self.limits = limits or ApiLimits()
         self.options = OptionsStore()
+        # Requests that name no checkpoint get the one Easel started with, not whatever another
+        # user's job loaded last: the same request gives the same image whoever ran before it.
+        start = easel.manager.default_checkpoint()
+        self.start_checkpoint = start.name if start is not None else None
 
     # -- who is calling ----------------------------------------------------------------------------
     def caller(self, request: Request, client_id: str | None) -> Caller:
@@ -105,7 +111,7 @@ class ApiContext:
             return Caller(owner=user, user=user, admin=self.gate.accounts.is_admin(user))
         if client_id is not None:
             if not CLIENT_ID.match(client_id):
-                raise ApiError(422, "1 to 64 letters, digits or ._:@-", "X-Easel-Client")
+                raise ApiError(422, "1 to 64 letters, digits or ._:@-", "X-Easel-Client", location="header")
             return Caller(owner=f"api:{client_id}")
         host = request.client.host if request.client else ANONYMOUS
         return Caller(owner=f"api:{host}")
@@ -116,8 +122,14 @@ class ApiContext:
         if name is not None and looks_like_path(name.strip()):
             raise field_error(field_name, "must be a checkpoint title, name or hash from /sdapi/v1/sd-models, "
                                           "not a file path")
+        manager = self.easel.manager
         try:
-            return self.easel.manager.resolve(name.strip() if name else None)
+            if name and name.strip():
+                return manager.resolve(name.strip())
+            try:
+                return manager.resolve(self.start_checkpoint)
+            except CheckpointNotFound:  # gone since start (or there was none): the manager's default
+                return manager.resolve(None)
         except CheckpointNotFound as e:
             raise field_error(field_name, str(e)) from None
 
@@ -140,7 +152,7 @@ class ApiContext:
         try:
             updated = ApiOptions.model_validate(current.model_dump() | known)
         except ValidationError as e:
-            raise _RequestError(e) from None
+            raise InvalidFields(e.errors()) from None
         if "sd_model_checkpoint" in known:
             info = self.resolve_checkpoint(updated.sd_model_checkpoint, "sd_model_checkpoint")
             updated.sd_model_checkpoint = info.title
@@ -148,7 +160,7 @@ class ApiContext:
         return sorted(known), ignored
 
     # -- jobs --------------------------------------------------------------------------------------
-    def prepare_txt2img(self, body: ApiTxt2ImgRequest, caller: Caller) -> tuple[Txt2ImgRequest, CheckpointInfo]:
+    def prepare(self, body: ApiGenerationRequest, caller: Caller) -> tuple[GenerationParams, CheckpointInfo]:
         """The engine request: the checkpoint pinned (so another user's swap never changes it) and the
         caller's options and this request's `override_settings` applied."""
         options = self.options.get(caller.owner)
@@ -168,16 +180,15 @@ class ApiContext:
         return request, info
 
     @staticmethod
-    def _overrides(body: ApiTxt2ImgRequest) -> dict[str, Any]:
+    def _overrides(body: ApiGenerationRequest) -> dict[str, Any]:
         known = {k: v for k, v in body.override_settings.items() if k in ApiOptions.model_fields and v is not None}
         try:
             ApiOptions.model_validate(known)
         except ValidationError as e:
-            errors = [{**err, "loc": ("override_settings", *err["loc"])} for err in e.errors()]
-            raise _RequestError(errors) from None
+            raise InvalidFields(e.errors(), prefix=("override_settings",)) from None
         return known
 
-    def _check_limits(self, request: Txt2ImgRequest, info: CheckpointInfo) -> None:
+    def _check_limits(self, request: GenerationParams, info: CheckpointInfo) -> None:
         limits = self.limits
         if limits.max_steps is not None and request.steps > limits.max_steps:
             raise field_error("steps", f"at most {limits.max_steps} on this server")
@@ -191,9 +202,10 @@ class ApiContext:
             if width * height > limits.max_pixels:
                 raise field_error("width", f"width * height is at most {limits.max_pixels} pixels on this server")
 
-    def submit_txt2img(self, body: ApiTxt2ImgRequest, caller: Caller) -> Submission:
-        request, info = self.prepare_txt2img(body, caller)
-        job = self.easel.submit_txt2img(request, owner=caller.owner, save=body.save_images)
+    def submit(self, body: ApiGenerationRequest, caller: Caller, submit: SubmitJob) -> Submission:
+        """Queue `body` through `submit` (an `Easel.submit_*`) for the caller."""
+        request, info = self.prepare(body, caller)
+        job = submit(request, caller.owner, body.save_images)
         ignored = body.ignored_fields() + sorted(k for k in body.override_settings if k not in ApiOptions.model_fields)
         return Submission(job, body, info, ignored)
 
@@ -214,14 +226,3 @@ def caller_dependency(ctx: ApiContext) -> Callable[..., Caller]:
     def caller(request: Request, client: ClientHeader = None) -> Caller:
         return ctx.caller(request, client)
     return caller
-
-
-class _RequestError(ApiError):
-    """Pydantic errors raised outside FastAPI's own validation, in the same JSON shape."""
-
-    def __init__(self, errors: Any):
-        self.errors = errors.errors() if isinstance(errors, ValidationError) else list(errors)
-        super().__init__(422, "invalid request")
-
-    def response(self):  # type: ignore[override]
-        return validation_response(self.errors)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Coroutine, Iterable
 
-from fastapi import Request, Response
+from fastapi import HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -19,18 +19,20 @@ from pydantic import ValidationError
 class ApiError(Exception):
     """A refusal with its HTTP status and the field at fault (None when no one field is)."""
 
-    def __init__(self, status: int, message: str, field: str | None = None, error: str | None = None):
+    def __init__(self, status: int, message: str, field: str | None = None, error: str | None = None,
+                 location: str = "body"):
         super().__init__(message)
         self.status = status
         self.message = message
         self.field = field
+        self.location = location
         self.error = error or {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
                                409: "Conflict", 422: "ValidationError"}.get(status, "Error")
 
     def response(self) -> JSONResponse:
         field, message = (printable(self.field) if self.field else None), printable(self.message)
         text = f"{field}: {message}" if field else message
-        detail = [{"loc": ["body", *field.split(".")] if field else [], "field": field,
+        detail = [{"loc": [self.location, *field.split(".")] if field else [], "field": field,
                    "msg": message, "type": self.error}]
         return JSONResponse({"error": self.error, "message": text, "detail": detail}, status_code=self.status)
 
@@ -58,7 +60,10 @@ def validation_response(errors: Iterable[dict]) -> JSONResponse:
     detail, lines = [], []
     for e in errors:
         msg = printable(e.get("msg", "invalid")).removeprefix("Value error, ")
-        field = _field_of(e.get("loc", ()), msg)
+        if e.get("type") == "json_invalid":  # loc is ("body", character offset)
+            field, msg = "body", f"is not valid JSON ({msg} at character {e.get('loc', ('', '?'))[-1]})"
+        else:
+            field = _field_of(e.get("loc", ()), msg)
         if msg.startswith(f"{field}: "):
             msg = msg[len(field) + 2:]
         detail.append({"loc": [printable(p) for p in e.get("loc", ())], "field": field, "msg": msg,
@@ -67,8 +72,20 @@ def validation_response(errors: Iterable[dict]) -> JSONResponse:
     return JSONResponse({"error": "ValidationError", "message": "; ".join(lines), "detail": detail}, status_code=422)
 
 
+class InvalidFields(ApiError):
+    """Pydantic errors found after FastAPI's own validation (option merges, nested settings), with
+    `prefix` put before each location so the field is named as the client sent it."""
+
+    def __init__(self, errors: Iterable[dict], prefix: tuple[str, ...] = ()):
+        self.errors = [{**e, "loc": (*prefix, *e.get("loc", ()))} for e in errors]
+        super().__init__(422, "invalid request")
+
+    def response(self) -> JSONResponse:
+        return validation_response(self.errors)
+
+
 class EaselRoute(APIRoute):
-    """An APIRoute whose validation errors and ApiErrors become the JSON above."""
+    """An APIRoute whose validation errors, ApiErrors and HTTPExceptions become the JSON above."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -80,5 +97,11 @@ class EaselRoute(APIRoute):
                 return validation_response(e.errors())
             except ApiError as e:
                 return e.response()
+            except HTTPException as e:  # FastAPI's own, e.g. a body that is not UTF-8
+                field = "body" if e.status_code == 400 else None
+                message = "could not be read as UTF-8 JSON" if e.status_code == 400 else str(e.detail)
+                response = ApiError(e.status_code, message, field).response()
+                response.headers.update(e.headers or {})
+                return response
 
         return handle

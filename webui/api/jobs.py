@@ -4,8 +4,7 @@ The request body is the same as `/sdapi/v1/txt2img`'s (plus `kind`), answers use
 and `info`. A caller sees and stops only their own jobs; an admin sees and stops anyone's. Someone
 else's job answers 404, so job ids reveal nothing.
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must see the route-local `CallerDep` type.
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -26,7 +25,7 @@ def easel_router(ctx: ApiContext) -> APIRouter:
     @router.post("/jobs", response_model=JobSubmitted, status_code=202)
     async def submit(body: EaselTxt2ImgJob, caller: CallerDep) -> JSONResponse:
         """Queue a job and return its id at once; poll GET /easel/v1/jobs/{id}."""
-        submission = await run_in_threadpool(ctx.submit_txt2img, body, caller)
+        submission = await run_in_threadpool(ctx.submit, body, caller, ctx.easel.submit_txt2img)
         job = submission.job
         answer = JobSubmitted(id=job.id, state=job.state, position=queue.position(job), url=f"/easel/v1/jobs/{job.id}")
         return JSONResponse(answer.model_dump(mode="json"), status_code=202, headers={"Location": answer.url})

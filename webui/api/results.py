@@ -4,15 +4,18 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import json
+import re
 from typing import Any
 
 from webui import __version__
 from webui.generation.engine import GenerationResult
 from webui.images.infotext import parse_infotext
 from webui.jobs.queue import Job, JobQueue
+from webui.models.errors import ModelError
 from webui.services import SavedResult
 
 from .context import Submission
+from .errors import ApiError
 from .images import encode_png, latent_preview
 from .schemas import GenerationResponse, JobStatus
 
@@ -28,6 +31,21 @@ async def wait_for(job: Job, queue: JobQueue) -> None:
     except asyncio.CancelledError:
         queue.interrupt(job.id)
         raise
+
+
+_FIELD_MESSAGE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*): (.+)$", re.DOTALL)
+
+
+def failure_error(job: Job) -> ApiError:
+    """Why a job failed, as the API says it: the request's fault (a ValueError naming its field, a
+    checkpoint that cannot be loaded) is a 422; anything else is the server's, a 500."""
+    message = job.error or "generation failed"
+    kind = job.error_type
+    if kind is not None and issubclass(kind, ModelError):
+        return ApiError(422, message, "checkpoint")
+    if kind is not None and issubclass(kind, ValueError) and (m := _FIELD_MESSAGE.match(message)):
+        return ApiError(422, m.group(2), m.group(1))
+    return ApiError(500, f"generation failed: {message}", error="GenerationFailed")
 
 
 def job_timestamp(job: Job) -> str:
@@ -50,7 +68,8 @@ def a1111_info(job: Job, submission: Submission | None = None) -> dict[str, Any]
     first = parse_infotext(result.infotexts[0]) if result.infotexts else {}
     checkpoint = submission.checkpoint if submission else None
     count = len(result.images)
-    extra = {k: first[k] for k in ("Clip skip", "Schedule type", "Variation seed", "Variation seed strength") if k in first}
+    extra = {k: first[k] for k in ("Clip skip", "Schedule type", "Variation seed", "Variation seed strength")
+             if k in first}
     info: dict[str, Any] = {
         "prompt": req.prompt,
         "all_prompts": [req.prompt] * count,
@@ -77,7 +96,7 @@ def a1111_info(job: Job, submission: Submission | None = None) -> dict[str, Any]
         "sd_vae_hash": None,
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
-        "denoising_strength": None,
+        "denoising_strength": getattr(req, "denoising_strength", None),
         "extra_generation_params": extra,
         "index_of_first_image": 0,
         "infotexts": result.infotexts,
@@ -99,7 +118,7 @@ def encoded_images(job: Job) -> list[str]:
     result = generation_result(job)
     if result is None:
         return []
-    return [encode_png(image, text) for image, text in zip(result.images, result.infotexts)]
+    return [encode_png(image, text) for image, text in zip(result.images, result.infotexts, strict=True)]
 
 
 def generation_response(submission: Submission) -> GenerationResponse:

@@ -13,6 +13,7 @@ import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic.fields import FieldInfo
 
 from webui.generation.requests import GenerationParams, Txt2ImgRequest
 from webui.jobs.queue import JobState
@@ -94,7 +95,17 @@ class A1111Fields(JsonSafe):
         return sorted(k for k, v in (self.model_extra or {}).items() if v not in (None, False, "", [], {}, -1, 0))
 
 
-class ApiTxt2ImgRequest(Txt2ImgRequest, A1111Fields):
+class ApiGenerationRequest(GenerationParams, A1111Fields):
+    """What every generation route takes: a job request's fields plus A1111's HTTP-only ones."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    def core(self, **changes: Any) -> GenerationParams:
+        """The plain job request for the engine, with `changes` applied (validated again)."""
+        raise NotImplementedError
+
+
+class ApiTxt2ImgRequest(Txt2ImgRequest, ApiGenerationRequest):
     """POST /sdapi/v1/txt2img: Easel's txt2img request in A1111's dialect."""
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
@@ -111,6 +122,11 @@ class EaselTxt2ImgJob(ApiTxt2ImgRequest):
     kind: Literal["txt2img"] = Field("txt2img", description="the job type (img2img and inpaint follow)")
 
 
+def _with_limits(f: FieldInfo) -> Any:
+    """A field's type with its constraints (ge, le, …) attached, to reuse in another model."""
+    return Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation
+
+
 _CLIP_SKIP = GenerationParams.model_fields["clip_skip"]
 
 
@@ -121,7 +137,7 @@ class ApiOptions(BaseModel):
 
     sd_model_checkpoint: str | None = Field(None, description="checkpoint for requests that name none "
                                                               "(title, name or hash from /sdapi/v1/sd-models)")
-    CLIP_stop_at_last_layers: Annotated[int, *_CLIP_SKIP.metadata] = Field(
+    CLIP_stop_at_last_layers: _with_limits(_CLIP_SKIP) = Field(  # type: ignore[valid-type]  # clip_skip's limits
         _CLIP_SKIP.default, description="clip skip for requests that do not set clip_skip")
     samples_format: Literal["png"] = Field("png", description="Easel writes PNG only")
     sd_vae: Literal["Automatic", "None"] = Field("Automatic", description="Easel uses each checkpoint's own VAE")
@@ -135,10 +151,11 @@ class _OptionsUpdateBase(JsonSafe):
     model_config = ConfigDict(extra="allow")
 
 
-OptionsUpdate = create_model(  # every option optional; unknown keys accepted and ignored
+OptionsUpdate = create_model(  # every option optional (same limits); unknown keys accepted and ignored
     "OptionsUpdate",
     __base__=_OptionsUpdateBase,
-    **{name: (f.annotation | None, None) for name, f in ApiOptions.model_fields.items()},
+    **{name: (_with_limits(f) | None, Field(None, description=f.description))
+       for name, f in ApiOptions.model_fields.items()},
 )
 
 

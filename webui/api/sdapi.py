@@ -5,8 +5,7 @@ the request types (one set for UI and API), options are per caller, a checkpoint
 per request or per caller and never a global swap, and interrupt/progress concern the caller's
 own jobs.
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must see the route-local `CallerDep` type.
 import os
 from typing import Annotated, Any
 
@@ -21,9 +20,9 @@ from webui.images.store import read_infotext
 from webui.jobs.queue import Job, JobState
 
 from .context import ApiContext, Caller, Submission, caller_dependency
-from .errors import ApiError, EaselRoute, printable
+from .errors import EaselRoute, printable
 from .images import decode_image
-from .results import generation_response, job_timestamp, preview_base64, wait_for
+from .results import failure_error, generation_response, job_timestamp, preview_base64, wait_for
 from .schemas import (
     ApiOptionsView,
     ApiTxt2ImgRequest,
@@ -42,6 +41,7 @@ from .schemas import (
     SDModelItem,
 )
 
+
 def sdapi_router(ctx: ApiContext) -> APIRouter:
     router = APIRouter(prefix="/sdapi/v1", tags=["A1111 API"], route_class=EaselRoute)
     CallerDep = Annotated[Caller, Depends(caller_dependency(ctx))]
@@ -50,7 +50,7 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
     @router.post("/txt2img", response_model=GenerationResponse)
     async def txt2img(body: ApiTxt2ImgRequest, caller: CallerDep) -> GenerationResponse:
         """Generate and wait; the job takes its fair turn in the queue like any other."""
-        submission = await run_in_threadpool(ctx.submit_txt2img, body, caller)
+        submission = await run_in_threadpool(ctx.submit, body, caller, easel.submit_txt2img)
         await wait_for(submission.job, easel.queue)
         return await run_in_threadpool(_finished_response, submission)
 
@@ -83,8 +83,8 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
     @router.get("/samplers", response_model=list[SamplerItem])
     def samplers(caller: CallerDep) -> list[SamplerItem]:
         return [
-            SamplerItem(name=s.name, aliases=list(s.aliases),
-                        options={k: str(v) for k, v in s.options.items()} | ({"stochastic": "True"} if s.stochastic else {}))
+            SamplerItem(name=s.name, aliases=list(s.aliases), options={k: str(v) for k, v in s.options.items()}
+                        | ({"stochastic": "True"} if s.stochastic else {}))
             for s in SAMPLERS
         ]
 
@@ -157,9 +157,8 @@ def _empty_list() -> list[dict[str, Any]]:
 
 
 def _finished_response(submission: Submission) -> GenerationResponse:
-    job = submission.job
-    if job.state is JobState.FAILED:  # a valid request that failed: the server's fault, not the client's
-        raise ApiError(500, f"generation failed: {job.error}", error="GenerationFailed")
+    if submission.job.state is JobState.FAILED:
+        raise failure_error(submission.job)
     return generation_response(submission)
 
 

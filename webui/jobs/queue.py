@@ -50,6 +50,7 @@ class Job:
     stage: str = "queued"
     result: Any = None
     error: str | None = None
+    error_type: type[BaseException] | None = field(default=None, repr=False)  # the class only: no traceback kept
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
@@ -331,6 +332,7 @@ class JobQueue:
             except Exception as e:  # a job's failure must never take the worker down
                 log.exception("job %s failed", job.id)
                 job.error = f"{e}" or type(e).__name__
+                job.error_type = type(e)
                 state = JobState.FAILED
             with self._cond:
                 self._current = None

@@ -1,0 +1,82 @@
+"""A shared instance with logins, in a real browser: sign in, generate, and the job is the user's."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from browser import ROOT, chromium_page, free_port, requires_chromium
+
+pytestmark = [pytest.mark.browser, requires_chromium]
+PASSWORD = "pa:ss word"
+
+
+@contextmanager
+def guarded_server(data: Path, *extra: str, timeout: float = 180):
+    """`app.py` with logins on a free port; ready once its (public) sign-in page answers."""
+    port = free_port()
+    with open(data / "server.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "app.py"), "--data-dir", str(data), "--port", str(port), "--device", "cpu",
+             *extra], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + timeout
+            while True:
+                assert proc.poll() is None, (data / "server.log").read_text()[-3000:]
+                try:
+                    if httpx.get(url + "/login", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.time() < deadline, "Easel did not start"
+                time.sleep(0.5)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, model_root):
+    data = tmp_path_factory.mktemp("auth-ui-data")
+    ckpts = data / "models" / "Stable-diffusion"
+    ckpts.mkdir(parents=True)
+    shutil.copy(model_root / "models" / "Stable-diffusion" / "tiny-a.safetensors", ckpts / "tiny-a.safetensors")
+    with guarded_server(data, "--api", "--gradio-auth", f"alice:{PASSWORD},bob:hunter2") as url:
+        yield url, data
+
+
+def test_sign_in_then_generate_as_that_user(server):
+    url, _ = server
+    with chromium_page() as page:
+        page.goto(url + "/")
+        page.wait_for_selector("input[name=password]")
+        assert "/login" in page.url
+        page.fill("input[name=username]", "alice")
+        page.fill("input[name=password]", "wrong")
+        page.click("button[type=submit]")
+        page.wait_for_selector("text=Wrong user name or password")
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_selector("#txt2img_prompt textarea")
+        page.fill("#txt2img_prompt textarea", "a red circle")
+        page.locator("#txt2img_steps input[type=number]").fill("2")
+        page.locator("#txt2img_steps input[type=number]").press("Tab")
+        page.click("#txt2img_generate")
+        page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Seed: ')",
+                               timeout=120_000)
+    jobs = httpx.get(url + "/easel/v1/jobs", auth=("alice", PASSWORD)).json()["jobs"]
+    assert [j["owner"] for j in jobs if j["kind"] == "txt2img"] == ["alice"]  # the UI job is alice's
+    assert httpx.get(url + "/easel/v1/jobs", auth=("bob", "hunter2")).json()["jobs"] == []
+    assert httpx.get(url + "/").status_code == 401
