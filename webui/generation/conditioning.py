@@ -129,6 +129,9 @@ class PromptEncoder:
 
     def _run_text_encoder(self, ids: torch.Tensor) -> torch.Tensor:
         model = self.text_encoder
+        layers = model.config.num_hidden_layers
+        if self.clip_skip > layers:
+            raise ValueError(f"clip_skip: this checkpoint's text encoder has {layers} layers (got {self.clip_skip})")
         if self.clip_skip > 1:
             out = model(ids, output_hidden_states=True)
             return getattr(model, "text_model", model).final_layer_norm(out.hidden_states[-self.clip_skip])
