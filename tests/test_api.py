@@ -10,10 +10,13 @@ from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
+from safetensors.torch import save_file
 
 from app import build_app
+from tiny_models import build_tiny_sd
 from webui.api import ApiLimits
 from webui.jobs.queue import JobState
 
@@ -139,21 +142,22 @@ def test_override_settings_pick_the_model_for_one_request_only(client):
 
 def test_options_belong_to_each_client_and_are_validated(client):
     alice, bob = {"X-Easel-Client": "alice"}, {"X-Easel-Client": "bob"}
+    # CLIP skip 2: the tiny text encoder has only 2 layers
     r = client.post("/sdapi/v1/options", headers=alice,
-                    json={"sd_model_checkpoint": "tiny-b", "CLIP_stop_at_last_layers": 3, "show_progressbar": True})
+                    json={"sd_model_checkpoint": "tiny-b", "CLIP_stop_at_last_layers": 2, "show_progressbar": True})
     assert r.status_code == 200 and r.json() == {"updated": ["CLIP_stop_at_last_layers", "sd_model_checkpoint"],
                                                  "ignored": ["show_progressbar"]}
     mine = client.get("/sdapi/v1/options", headers=alice).json()
-    assert mine["sd_model_checkpoint"].startswith("tiny-b.safetensors") and mine["CLIP_stop_at_last_layers"] == 3
+    assert mine["sd_model_checkpoint"].startswith("tiny-b.safetensors") and mine["CLIP_stop_at_last_layers"] == 2
     assert mine["samples_format"] == "png" and mine["sd_vae"] == "Automatic"
     assert not client.get("/sdapi/v1/options", headers=bob).json()["sd_model_checkpoint"].startswith("tiny-b")
     info = json.loads(client.post("/sdapi/v1/txt2img", headers=alice, json=FAST).json()["info"])
-    assert info["sd_model_name"] == "tiny-b" and info["clip_skip"] == 3
+    assert info["sd_model_name"] == "tiny-b" and info["clip_skip"] == 2
     bad = client.post("/sdapi/v1/options", headers=alice, json={"CLIP_stop_at_last_layers": 99})
     assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "CLIP_stop_at_last_layers"
     bad = client.post("/sdapi/v1/options", headers=alice, json={"samples_format": "jpg"})
     assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "samples_format"
-    assert client.get("/sdapi/v1/options", headers=alice).json()["CLIP_stop_at_last_layers"] == 3
+    assert client.get("/sdapi/v1/options", headers=alice).json()["CLIP_stop_at_last_layers"] == 2
 
 
 # -- listings ----------------------------------------------------------------------------------------
@@ -181,10 +185,81 @@ def test_model_sampler_and_scheduler_listings(easel, client, model_root):
     r = client.post("/sdapi/v1/txt2img", json={**FAST, "scheduler": "karras", "sampler_name": "Euler"})
     assert json.loads(r.json()["info"])["scheduler"] == "Karras"
 
-    assert client.get("/sdapi/v1/sd-vae").json() == []
+    assert client.get("/sdapi/v1/sd-vae").json() == []  # empty folders
+    assert client.get("/sdapi/v1/loras").json() == []
     assert client.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
-    for path in ("loras", "prompt-styles", "hypernetworks", "upscalers", "face-restorers", "extensions"):
+    for path in ("prompt-styles", "hypernetworks", "upscalers", "face-restorers", "extensions"):
         assert client.get(f"/sdapi/v1/{path}").json() == []
+
+
+def test_vae_lora_and_embedding_listings_reflect_the_folders(easel, client):
+    models = easel.settings.models_dir
+    (models / "VAE" / "sub").mkdir()
+    save_file({"x": torch.zeros(1)}, str(models / "VAE" / "sub" / "soft.safetensors"))
+    (models / "VAE" / "notes.txt").write_text("not a VAE file")
+    save_file({"x": torch.zeros(1)}, str(models / "Lora" / "shiny.safetensors"))
+    assert client.get("/sdapi/v1/sd-vae").json() == [
+        {"model_name": "sub/soft.safetensors", "filename": str(models / "VAE" / "sub" / "soft.safetensors")}]
+    assert client.get("/sdapi/v1/loras").json() == [
+        {"name": "shiny", "alias": "shiny", "path": str(models / "Lora" / "shiny.safetensors"), "metadata": {}}]
+    for path in ("refresh-vae", "refresh-loras"):
+        assert client.post(f"/sdapi/v1/{path}").status_code == 200
+
+    g = torch.Generator().manual_seed(0)
+    save_file({"emb_params": torch.randn(3, 32, generator=g)}, str(models / "embeddings" / "dark-mood.safetensors"))
+    assert client.get("/sdapi/v1/embeddings").json()["loaded"] == {}  # as last scanned, like A1111
+    assert client.post("/sdapi/v1/refresh-checkpoints").status_code == 200  # checkpoints and embeddings
+    assert client.get("/sdapi/v1/embeddings").json() == {"loaded": {"dark-mood": {
+        "step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": 32, "vectors": 3}}, "skipped": {}}
+    torch.save({"clip_l": torch.randn(2, 32, generator=g), "clip_g": torch.randn(2, 64, generator=g)},
+               models / "embeddings" / "xl-pair.pt")
+    (models / "embeddings" / "broken.pt").write_bytes(b"not a pickle at all")
+    assert client.post("/sdapi/v1/refresh-embeddings").status_code == 200
+    listed = client.get("/sdapi/v1/embeddings").json()
+    assert set(listed["loaded"]) == {"dark-mood", "xl-pair"}
+    assert (listed["loaded"]["xl-pair"]["shape"], listed["loaded"]["xl-pair"]["vectors"]) == (96, 2)
+    assert set(listed["skipped"]) == {"broken"} and "broken.pt" in listed["skipped"]["broken"]["error"]
+
+
+@pytest.fixture()
+def vae_file(easel):
+    """A VAE from another tiny model, in diffusers' layout: it decodes visibly differently."""
+    path = easel.settings.models_dir / "VAE" / "other.safetensors"
+    save_file({k: v.contiguous() for k, v in build_tiny_sd(seed=7).vae.state_dict().items()}, str(path))
+    return path
+
+
+def test_sd_vae_per_caller_and_override_settings_per_request(easel, client, vae_file):
+    assert client.get("/sdapi/v1/sd-vae").json() == [{"model_name": "other.safetensors", "filename": str(vae_file)}]
+    plain = client.post("/sdapi/v1/txt2img", json=FAST).json()
+    assert "VAE:" not in png(plain["images"][0]).info["parameters"]  # Automatic: no VAE named after tiny-a
+    r = client.post("/sdapi/v1/txt2img", json={**FAST, "override_settings": {"sd_vae": "other.safetensors"}})
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert "VAE: other" in png(r.json()["images"][0]).info["parameters"] and "VAE hash: " in info["infotexts"][0]
+    assert info["sd_vae_name"] == "other" and len(info["sd_vae_hash"]) == 10 and info["easel_ignored"] == []
+    assert png(r.json()["images"][0]).tobytes() != png(plain["images"][0]).tobytes()
+    assert client.get("/sdapi/v1/options").json()["sd_vae"] == "Automatic"  # the override did not stick
+    again = client.post("/sdapi/v1/txt2img", json=FAST).json()
+    assert png(again["images"][0]).tobytes() == png(plain["images"][0]).tobytes()
+
+    alice = {"X-Easel-Client": "alice"}
+    assert client.post("/sdapi/v1/options", headers=alice, json={"sd_vae": "other"}).status_code == 200
+    assert client.get("/sdapi/v1/options", headers=alice).json()["sd_vae"] == "other.safetensors"
+    mine = json.loads(client.post("/sdapi/v1/txt2img", headers=alice, json=FAST).json()["info"])
+    assert mine["sd_vae_name"] == "other"
+    own = json.loads(client.post("/sdapi/v1/txt2img", headers=alice, json={**FAST, "vae": "None"}).json()["info"])
+    assert own["sd_vae_name"] is None  # the request's own `vae` wins over the caller's option
+    assert json.loads(client.post("/sdapi/v1/txt2img", json=FAST).json()["info"])["sd_vae_name"] is None
+
+    for r, field in (
+        (client.post("/sdapi/v1/options", json={"sd_vae": "nope"}), "sd_vae"),
+        (client.post("/sdapi/v1/options", json={"sd_vae": "../VAE/other.safetensors"}), "sd_vae"),
+        (client.post("/sdapi/v1/txt2img", json={**FAST, "override_settings": {"sd_vae": "nope"}}),
+         "override_settings.sd_vae"),
+        (client.post("/sdapi/v1/txt2img", json={**FAST, "vae": "/etc/passwd"}), "vae"),
+    ):
+        assert r.status_code == 422 and r.json()["detail"][0]["field"] == field, r.text
 
 
 def test_memory_and_cmd_flags(client):
@@ -376,7 +451,7 @@ def test_easel_jobs_submit_poll_and_list(easel, client):
     assert [j["id"] for j in listed] == [job_id]
     assert client.get("/easel/v1/jobs", headers={"X-Easel-Client": "erin"}).json()["jobs"] == []
     assert client.get("/easel/v1/jobs/000000000000", headers=me).status_code == 404
-    bad = client.post("/easel/v1/jobs", headers=me, json={**FAST, "kind": "img2img"})
+    bad = client.post("/easel/v1/jobs", headers=me, json={**FAST, "kind": "inpaint"})
     assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "kind"
 
 

@@ -17,10 +17,12 @@ from fastapi import Header, Request
 from pydantic import ValidationError
 
 from webui.auth import ANONYMOUS, Gate
-from webui.generation.requests import GenerationParams
+from webui.generation.engine import img2img_size
+from webui.generation.requests import GenerationParams, Img2ImgRequest
 from webui.jobs.queue import Job
 from webui.models.catalog import CheckpointInfo
 from webui.models.errors import CheckpointNotFound
+from webui.models.vae import AUTOMATIC, NONE
 from webui.services import Easel
 
 from .errors import ApiError, InvalidFields, field_error
@@ -133,6 +135,21 @@ class ApiContext:
         except CheckpointNotFound as e:
             raise field_error(field_name, str(e)) from None
 
+    # -- VAEs --------------------------------------------------------------------------------------
+    def resolve_vae(self, name: str | None, field_name: str) -> str:
+        """"Automatic", "None" or the name of a file listed in models/VAE; never a path."""
+        choice = (name or AUTOMATIC).strip()
+        if choice.lower() in (AUTOMATIC.lower(), NONE.lower()):
+            return AUTOMATIC if choice.lower() == AUTOMATIC.lower() else NONE
+        if looks_like_path(choice):
+            raise field_error(field_name, "must be a VAE model_name from /sdapi/v1/sd-vae, not a file path")
+        files = self.easel.vaes.files()
+        for f in files:  # names resolve only through the listing
+            if choice in (f.name, f.path.name, f.path.stem):
+                return f.name
+        raise field_error(field_name, f"no VAE {choice!r} in models/VAE; choose one of: "
+                                      f"{', '.join([AUTOMATIC, NONE] + [f.name for f in files])}")
+
     def options_view(self, owner: str) -> dict[str, Any]:
         options = self.options.get(owner)
         try:
@@ -156,13 +173,16 @@ class ApiContext:
         if "sd_model_checkpoint" in known:
             info = self.resolve_checkpoint(updated.sd_model_checkpoint, "sd_model_checkpoint")
             updated.sd_model_checkpoint = info.title
+        if "sd_vae" in known:
+            updated.sd_vae = self.resolve_vae(updated.sd_vae, "sd_vae")
         self.options.put(owner, updated)
         return sorted(known), ignored
 
     # -- jobs --------------------------------------------------------------------------------------
     def prepare(self, body: ApiGenerationRequest, caller: Caller) -> tuple[GenerationParams, CheckpointInfo]:
-        """The engine request: the checkpoint pinned (so another user's swap never changes it) and the
-        caller's options and this request's `override_settings` applied."""
+        """The engine request: the checkpoint and VAE pinned (so another user's swap never changes them)
+        and the caller's options and this request's `override_settings` applied. An img2img body's
+        images are decoded here (422 naming the field when they are not images)."""
         options = self.options.get(caller.owner)
         overrides = self._overrides(body)
         if body.checkpoint:
@@ -175,6 +195,13 @@ class ApiContext:
         changes: dict[str, Any] = {"checkpoint": info.name}
         if "clip_skip" not in body.model_fields_set:
             changes["clip_skip"] = overrides.get("CLIP_stop_at_last_layers", options.CLIP_stop_at_last_layers)
+        if body.vae:
+            vae, source = body.vae, "vae"
+        elif overrides.get("sd_vae"):
+            vae, source = overrides["sd_vae"], "override_settings.sd_vae"
+        else:
+            vae, source = options.sd_vae, "sd_vae"
+        changes["vae"] = self.resolve_vae(vae, source)
         request = body.core(**changes)
         self._check_limits(request, info)
         return request, info
@@ -196,11 +223,16 @@ class ApiContext:
             raise field_error("n_iter", f"batch_size * n_iter is at most {limits.max_images} on this server")
         if limits.max_pixels is not None:
             width, height = request.width, request.height
-            if width is None or height is None:
+            if isinstance(request, Img2ImgRequest):  # the size it will run at: from the init image when not given
+                width, height = img2img_size(request, request.init_image)
+            elif width is None or height is None:
                 default = self.easel.default_size_for(info.name)
                 width, height = width or default[0], height or default[1]
             if width * height > limits.max_pixels:
-                raise field_error("width", f"width * height is at most {limits.max_pixels} pixels on this server")
+                size = " (the init image's size, as width/height were not given)" if (
+                    isinstance(request, Img2ImgRequest) and not (request.width and request.height)) else ""
+                raise field_error("width", f"width * height is at most {limits.max_pixels} pixels on this server"
+                                           f"{size}; it would be {width}x{height}")
 
     def submit(self, body: ApiGenerationRequest, caller: Caller, submit: SubmitJob) -> Submission:
         """Queue `body` through `submit` (an `Easel.submit_*`) for the caller."""

@@ -59,7 +59,7 @@ def generation_result(job: Job) -> GenerationResult | None:
 
 
 def a1111_info(job: Job, submission: Submission | None = None) -> dict[str, Any]:
-    """A1111's `info` for a txt2img job: what was actually run (resolved seeds, size, model)."""
+    """A1111's `info` for a txt2img or img2img job: what was actually run (resolved seeds, size, model)."""
     result = generation_result(job)
     if result is None:  # interrupted while queued, or failed before the first image
         return {"job_id": job.id, "interrupted": job.interrupted, "error": job.error, "infotexts": [],
@@ -92,8 +92,8 @@ def a1111_info(job: Job, submission: Submission | None = None) -> dict[str, Any]
         "face_restoration_model": None,
         "sd_model_name": first.get("Model") or (checkpoint.model_name if checkpoint else None),
         "sd_model_hash": first.get("Model hash") or (checkpoint.shorthash if checkpoint else None),
-        "sd_vae_name": None,
-        "sd_vae_hash": None,
+        "sd_vae_name": first.get("VAE"),
+        "sd_vae_hash": first.get("VAE hash"),
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
         "denoising_strength": getattr(req, "denoising_strength", None),
@@ -125,7 +125,7 @@ def generation_response(submission: Submission) -> GenerationResponse:
     job, body = submission.job, submission.body
     return GenerationResponse(
         images=encoded_images(job) if body.send_images else [],
-        parameters=body.model_dump(mode="json"),
+        parameters=body.echo(),
         info=json.dumps(a1111_info(job, submission), ensure_ascii=False),
     )
 
@@ -148,7 +148,7 @@ def job_status(job: Job, queue: JobQueue, with_images: bool = True) -> JobStatus
         started=job.started,
         finished=job.finished,
         images=encoded_images(job) if finished and with_images else None,
-        info=a1111_info(job) if finished and job.description == "txt2img" else None,
+        info=a1111_info(job) if finished and job.description in ("txt2img", "img2img") else None,
     )
 
 

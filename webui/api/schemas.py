@@ -5,18 +5,27 @@ the A1111 fields that only matter over HTTP: `override_settings`, `save_images`,
 `sampler_index`. Anything else an A1111 client sends (`alwayson_scripts`, `script_args`, `enable_hr`,
 `restore_faces`, …) is accepted, kept in `model_extra`, echoed in `parameters` and named in the
 `info` as ignored, never silently treated as applied. `null` means "the default", as A1111 clients
-send it. An img2img request type becomes `ApiImg2ImgRequest(Img2ImgRequest, A1111Fields)` the same way.
+send it.
+
+`ApiImg2ImgRequest` is `Img2ImgRequest`'s fields minus its two PIL images (`init_image`, `mask`),
+which arrive instead as A1111's base64 `init_images` (the first is used) and `mask`; `core()` decodes
+them and builds the real `Img2ImgRequest`, so the engine's own validation runs again there.
 """
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from copy import copy
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 from pydantic.fields import FieldInfo
 
-from webui.generation.requests import GenerationParams, Txt2ImgRequest
+from webui.generation import masks
+from webui.generation.requests import GenerationParams, Img2ImgRequest, Txt2ImgRequest
 from webui.jobs.queue import JobState
+
+from .errors import InvalidFields, field_error
+from .images import decode_image
 
 # -- requests --------------------------------------------------------------------------------------
 
@@ -72,8 +81,8 @@ class A1111Fields(JsonSafe):
     sampler_index: str | None = Field(None, description="A1111's old name for sampler_name; used only when "
                                                         "sampler_name is not given")
     override_settings: dict[str, Any] = Field(default_factory=dict, description=(
-        "options for this request only (sd_model_checkpoint, CLIP_stop_at_last_layers); never changes "
-        "anyone's options"))
+        "options for this request only (sd_model_checkpoint, CLIP_stop_at_last_layers, sd_vae); never "
+        "changes anyone's options"))
     override_settings_restore_afterwards: bool = Field(True, description="always effectively true in Easel")
     save_images: bool = Field(False, description="also write the PNGs to outputs/ (A1111's API default: false)")
     send_images: bool = Field(True, description="return the images in the response")
@@ -90,9 +99,23 @@ class A1111Fields(JsonSafe):
             data["sampler_name"] = data["sampler_index"]
         return data
 
+    # extra A1111 fields whose only value Easel acts on is this one (given it, they are no request)
+    _APPLIED_EXTRAS: ClassVar[dict[str, Any]] = {}
+
     def ignored_fields(self) -> list[str]:
         """Extra A1111 fields given a value Easel does not act on (false/empty/-1/0 are no request)."""
-        return sorted(k for k, v in (self.model_extra or {}).items() if v not in (None, False, "", [], {}, -1, 0))
+        ignored = []
+        for k, v in (self.model_extra or {}).items():
+            if k in self._APPLIED_EXTRAS:
+                if v is not None and v != self._APPLIED_EXTRAS[k]:
+                    ignored.append(k)
+            elif v not in (None, False, "", [], {}, -1, 0):
+                ignored.append(k)
+        return sorted(ignored)
+
+    def echo(self) -> dict[str, Any]:
+        """The request as the response's `parameters` shows it."""
+        return self.model_dump(mode="json")
 
 
 class ApiGenerationRequest(GenerationParams, A1111Fields):
@@ -119,7 +142,92 @@ class ApiTxt2ImgRequest(Txt2ImgRequest, ApiGenerationRequest):
 class EaselTxt2ImgJob(ApiTxt2ImgRequest):
     """POST /easel/v1/jobs: the same request, queued instead of waited for."""
 
-    kind: Literal["txt2img"] = Field("txt2img", description="the job type (img2img and inpaint follow)")
+    kind: Literal["txt2img"] = Field("txt2img", description="the job type (the default)")
+
+
+_PIL_FIELDS = ("init_image", "mask")
+
+Img2ImgParams = create_model(  # Img2ImgRequest's own fields (same types, defaults, limits), minus the PIL images
+    "Img2ImgParams",
+    __base__=GenerationParams,
+    __doc__="img2img's parameters beside the images",
+    **{name: (f.annotation, copy(f)) for name, f in Img2ImgRequest.model_fields.items()
+       if name not in GenerationParams.model_fields and name not in _PIL_FIELDS},
+)
+_IMAGE_LOCS = {"init_image": "init_images", "mask": "mask"}
+
+
+class ApiImg2ImgRequest(Img2ImgParams, ApiGenerationRequest):  # type: ignore[misc,valid-type]
+    """POST /sdapi/v1/img2img: Easel's img2img (and inpainting, with a mask) in A1111's dialect."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    init_images: list[str] = Field(min_length=1, description=(
+        "base64 images (data: URLs too; URLs are not fetched). The first is used, for every image of the "
+        "batch, as A1111 does"))
+    mask: str | None = Field(None, description="base64 mask, white = regenerate; empty = no mask (img2img)")
+    include_init_images: bool = Field(False, description="echo init_images and mask in `parameters`")
+
+    # A1111's fields whose value Easel always applies: only another value is "ignored"
+    _APPLIED_EXTRAS: ClassVar[dict[str, Any]] = {"mask_round": True, "initial_noise_multiplier": 1.0}
+
+    def ignored_fields(self) -> list[str]:
+        extra = ["init_images[1:]"] if len(self.init_images) > 1 else []
+        return sorted(super().ignored_fields() + extra)
+
+    def echo(self) -> dict[str, Any]:
+        if self.include_init_images:
+            return self.model_dump(mode="json")
+        return self.model_dump(mode="json", exclude={"init_images", "mask"}) | {"init_images": None, "mask": None}
+
+    def images(self) -> tuple[Any, Any]:
+        """The first init image and the mask (or None), decoded; 422 naming the field when either is not an
+        image Easel can read."""
+        init = _load(self.init_images[0], "init_images")
+        mask = _load(self.mask, "mask") if self.mask and self.mask.strip() else None
+        return init, mask
+
+    def core(self, **changes: Any) -> Img2ImgRequest:
+        """The plain job request the engine runs, images decoded (validated again, with `changes` applied).
+        An empty mask is refused here, before the job is queued."""
+        init, mask = self.images()
+        fields = self.model_dump(include=set(Img2ImgRequest.model_fields) - set(_PIL_FIELDS))
+        try:
+            request = Img2ImgRequest.model_validate(fields | changes | {"init_image": init, "mask": mask})
+        except ValidationError as e:
+            errors = [{**err, "loc": tuple(_IMAGE_LOCS.get(str(p), p) for p in err.get("loc", ()))}
+                      for err in e.errors()]
+            raise InvalidFields(errors, prefix=("body",)) from None
+        if mask is not None:
+            sharp = masks.prepare_mask(mask, init.size, 0, bool(request.inpainting_mask_invert))
+            if masks.mask_is_empty(sharp):
+                what = "white" if request.inpainting_mask_invert else "black"
+                raise field_error("mask", f"the mask is empty (all {what} for this inpainting_mask_invert): "
+                                          "paint the area to regenerate, or leave the mask out for img2img")
+        return request
+
+
+_IMAGE_MODES = {"1", "L", "P", "RGB", "RGBA", "LA", "PA", "I", "I;16", "F", "CMYK", "YCbCr"}  # the engine reads these
+
+
+def _load(value: str, field: str) -> Any:
+    image = decode_image(value, field)
+    try:
+        image.load()
+        if image.mode not in _IMAGE_MODES:  # e.g. a LAB TIFF: RGB now, or a 422 rather than a failed job
+            image = image.convert("RGB")
+    except Exception as e:  # truncated or corrupt data that only fails when decoded, or an unusable mode
+        raise field_error(field, f"is not an image Easel can read ({type(e).__name__})") from None
+    return image
+
+
+class EaselImg2ImgJob(ApiImg2ImgRequest):
+    """POST /easel/v1/jobs with `"kind": "img2img"`: the img2img request, queued instead of waited for."""
+
+    kind: Literal["img2img"] = Field(description="the job type")
+
+
+EASEL_JOB_KINDS: dict[str, type[ApiGenerationRequest]] = {"txt2img": EaselTxt2ImgJob, "img2img": EaselImg2ImgJob}
 
 
 def _with_limits(f: FieldInfo) -> Any:
@@ -140,7 +248,9 @@ class ApiOptions(BaseModel):
     CLIP_stop_at_last_layers: _with_limits(_CLIP_SKIP) = Field(  # type: ignore[valid-type]  # clip_skip's limits
         _CLIP_SKIP.default, description="clip skip for requests that do not set clip_skip")
     samples_format: Literal["png"] = Field("png", description="Easel writes PNG only")
-    sd_vae: Literal["Automatic", "None"] = Field("Automatic", description="Easel uses each checkpoint's own VAE")
+    sd_vae: str = Field("Automatic", description='VAE for requests that do not set `vae`: "Automatic" (a VAE '
+                                                 'file named after the checkpoint, else its own), "None" (the '
+                                                 "checkpoint's own) or a model_name from /sdapi/v1/sd-vae")
 
 
 class ApiOptionsView(ApiOptions):
@@ -200,9 +310,33 @@ class SchedulerItem(BaseModel):
     need_inner_model: bool = False
 
 
+class VaeItem(BaseModel):
+    model_name: str = Field(description="the name to use in sd_vae / vae")
+    filename: str
+
+
+class LoraItem(BaseModel):
+    name: str = Field(description="the name to use in <lora:name:weight>")
+    alias: str
+    path: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class EmbeddingItem(BaseModel):
+    step: int | None = None
+    sd_checkpoint: str | None = None
+    sd_checkpoint_name: str | None = None
+    shape: int | None = Field(None, description="vector width (SDXL: clip_l + clip_g)")
+    vectors: int = 0
+
+
+class SkippedEmbedding(EmbeddingItem):
+    error: str = Field(description="why the file could not be used")
+
+
 class Embeddings(BaseModel):
-    loaded: dict[str, Any] = Field(default_factory=dict)
-    skipped: dict[str, Any] = Field(default_factory=dict)
+    loaded: dict[str, EmbeddingItem] = Field(default_factory=dict)
+    skipped: dict[str, SkippedEmbedding] = Field(default_factory=dict)
 
 
 class ProgressState(BaseModel):
@@ -267,7 +401,7 @@ class JobStatus(BaseModel):
     started: float | None = None
     finished: float | None = None
     images: list[str] | None = Field(None, description="base64 PNGs once the job has finished")
-    info: dict[str, Any] | None = Field(None, description="as in /sdapi/v1/txt2img, once finished")
+    info: dict[str, Any] | None = Field(None, description="as in /sdapi/v1/txt2img and img2img, once finished")
 
 
 class JobList(BaseModel):

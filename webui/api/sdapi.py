@@ -24,11 +24,14 @@ from .errors import EaselRoute, printable
 from .images import decode_image
 from .results import failure_error, generation_response, job_timestamp, preview_base64, wait_for
 from .schemas import (
+    ApiImg2ImgRequest,
     ApiOptionsView,
     ApiTxt2ImgRequest,
+    EmbeddingItem,
     Embeddings,
     GenerationResponse,
     InterruptResponse,
+    LoraItem,
     MemoryResponse,
     OptionsUpdate,
     OptionsUpdated,
@@ -39,6 +42,8 @@ from .schemas import (
     SamplerItem,
     SchedulerItem,
     SDModelItem,
+    SkippedEmbedding,
+    VaeItem,
 )
 
 
@@ -51,6 +56,13 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
     async def txt2img(body: ApiTxt2ImgRequest, caller: CallerDep) -> GenerationResponse:
         """Generate and wait; the job takes its fair turn in the queue like any other."""
         submission = await run_in_threadpool(ctx.submit, body, caller, easel.submit_txt2img)
+        await wait_for(submission.job, easel.queue)
+        return await run_in_threadpool(_finished_response, submission)
+
+    @router.post("/img2img", response_model=GenerationResponse)
+    async def img2img(body: ApiImg2ImgRequest, caller: CallerDep) -> GenerationResponse:
+        """img2img, or inpainting when a mask is given; generates and waits like txt2img."""
+        submission = await run_in_threadpool(ctx.submit, body, caller, easel.submit_img2img)
         await wait_for(submission.job, easel.queue)
         return await run_in_threadpool(_finished_response, submission)
 
@@ -77,8 +89,25 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
 
     @router.post("/refresh-checkpoints")
     def refresh_checkpoints(caller: CallerDep) -> None:
-        """Rescan the checkpoint folders."""
-        easel.manager.refresh()
+        """Rescan the checkpoint folders and the embeddings."""
+        easel.refresh()
+
+    @router.post("/refresh-embeddings")
+    def refresh_embeddings(caller: CallerDep) -> None:
+        """Rescan models/embeddings."""
+        if easel.engine.embeddings is not None:
+            easel.engine.embeddings.refresh()
+
+    @router.post("/refresh-vae")
+    def refresh_vae(caller: CallerDep) -> None:
+        """Rescan models/VAE (Easel lists the folder afresh on every use, so this only checks it)."""
+        easel.vaes.files()
+
+    @router.post("/refresh-loras")
+    def refresh_loras(caller: CallerDep) -> None:
+        """Rescan models/Lora (Easel lists the folder afresh on every use, so this only checks it)."""
+        if easel.engine.loras is not None:
+            easel.engine.loras.files()
 
     @router.get("/samplers", response_model=list[SamplerItem])
     def samplers(caller: CallerDep) -> list[SamplerItem]:
@@ -93,16 +122,31 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
         return [SchedulerItem(name=name.lower(), label=name, default_rho=7.0 if name == "Karras" else -1)
                 for name in SCHEDULE_TYPES]
 
-    @router.get("/sd-vae", response_model=list[dict[str, str]])
-    def sd_vae(caller: CallerDep) -> list[dict[str, str]]:
-        """No separate VAE files yet: every checkpoint uses its own ("Automatic")."""
-        return []
+    @router.get("/sd-vae", response_model=list[VaeItem])
+    def sd_vae(caller: CallerDep) -> list[VaeItem]:
+        """The files in models/VAE; `model_name` is what `sd_vae` (and `vae`) take, beside "Automatic" and
+        "None"."""
+        return [VaeItem(model_name=f.name, filename=str(f.path)) for f in easel.vaes.files()]
+
+    @router.get("/loras", response_model=list[LoraItem])
+    def loras(caller: CallerDep) -> list[LoraItem]:
+        """The files in models/Lora, used in a prompt as <lora:name:weight>."""
+        files = easel.engine.loras.files() if easel.engine.loras is not None else []
+        return [LoraItem(name=f.name, alias=f.name, path=str(f.path)) for f in files]
 
     @router.get("/embeddings", response_model=Embeddings)
     def embeddings(caller: CallerDep) -> Embeddings:
-        return Embeddings()
+        """The textual-inversion embeddings as last scanned (POST refresh-embeddings or refresh-checkpoints
+        rescans); `skipped` are files that could not be used, with the reason."""
+        library = easel.engine.embeddings
+        if library is None:
+            return Embeddings()
+        loaded = {name: EmbeddingItem(shape=sum(v.shape[-1] for v in e.vectors.values()), vectors=e.n_vectors)
+                  for name, e in library.snapshot().items()}
+        skipped = {name: SkippedEmbedding(error=reason) for name, reason in dict(library.skipped).items()}
+        return Embeddings(loaded=loaded, skipped=skipped)
 
-    for path in ("/loras", "/prompt-styles", "/hypernetworks", "/upscalers", "/face-restorers", "/extensions"):
+    for path in ("/prompt-styles", "/hypernetworks", "/upscalers", "/face-restorers", "/extensions"):
         router.add_api_route(path, _empty_list, methods=["GET"], response_model=list[dict[str, Any]],
                              dependencies=[Depends(caller_dependency(ctx))],
                              summary=f"{path[1:]}: none in Easel yet")
