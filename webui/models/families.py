@@ -88,10 +88,9 @@ def _unet_params(sd: dict[str, torch.Tensor], filename: str) -> dict:
             levels[-1].append(i)
     if not levels[0]:
         raise ModelError(f"{filename}: unknown layout: the UNet has no residual blocks")
-    channel_mult, attention_levels, depth, context_dim, linear = [], [], 1, None, False
+    channels, attention_levels, depth, context_dim, linear = [], [], 1, None, False
     for level, ids in enumerate(levels):
-        out = sd[f"{p}input_blocks.{ids[0]}.0.out_layers.3.weight"].shape[0]
-        channel_mult.append(out // model_channels)
+        channels.append(sd[f"{p}input_blocks.{ids[0]}.0.out_layers.3.weight"].shape[0])
         if f"{p}input_blocks.{ids[0]}.1.proj_in.weight" in sd:
             attention_levels.append(2**level)
             ids0 = ids[0]
@@ -107,7 +106,10 @@ def _unet_params(sd: dict[str, torch.Tensor], filename: str) -> dict:
         "in_channels": in_channels,
         "out_channels": sd[f"{p}out.2.weight"].shape[0],
         "model_channels": model_channels,
-        "channel_mult": channel_mult,
+        # LDM configs can only say whole multiples of model_channels; small models (64/96/128) are not,
+        # so the real widths travel along and replace the computed ones (see block_out_channels()).
+        "channel_mult": [max(1, c // model_channels) for c in channels],
+        "block_out_channels": channels,
         "num_res_blocks": len(levels[0]),
         "attention_resolutions": attention_levels,
         "transformer_depth": depth,
@@ -123,7 +125,7 @@ def _vae_params(sd: dict[str, torch.Tensor], filename: str) -> dict:
         raise ModelError(f"{filename}: unknown layout: no VAE encoder ({p}conv_in) found")
     ch = sd[f"{p}conv_in.weight"].shape[0]
     down = _indices(sd, re.escape(p) + r"down\.(\d+)\.")
-    ch_mult = [sd[f"{p}down.{i}.block.0.conv2.weight"].shape[0] // ch for i in down]
+    channels = [sd[f"{p}down.{i}.block.0.conv2.weight"].shape[0] for i in down]
     return {
         "double_z": True,
         "z_channels": sd[f"{p}conv_out.weight"].shape[0] // 2,
@@ -131,11 +133,19 @@ def _vae_params(sd: dict[str, torch.Tensor], filename: str) -> dict:
         "in_channels": sd[f"{p}conv_in.weight"].shape[1],
         "out_ch": sd[f"{VAE_PREFIX}decoder.conv_out.weight"].shape[0],
         "ch": ch,
-        "ch_mult": ch_mult,
+        "ch_mult": [max(1, c // ch) for c in channels],
+        "block_out_channels": channels,
         "num_res_blocks": len(_indices(sd, re.escape(f"{p}down.0.block.") + r"(\d+)\.")),
         "attn_resolutions": [],
         "dropout": 0.0,
     }
+
+
+def exact_widths(diffusers_config: dict, ldm_params: dict) -> dict:
+    """A diffusers config made by diffusers' converter, with the block widths the tensors really have."""
+    if "block_out_channels" in ldm_params:
+        diffusers_config = {**diffusers_config, "block_out_channels": list(ldm_params["block_out_channels"])}
+    return diffusers_config
 
 
 def text_encoder_config(sd: dict[str, torch.Tensor], base: dict) -> dict:

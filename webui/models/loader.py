@@ -29,7 +29,7 @@ from transformers.initialization import no_init_weights
 from .catalog import CheckpointInfo
 from .checkpoint_io import read_safetensors_metadata, read_state_dict
 from .errors import ModelError
-from .families import ModelFamily, detect_family, normalise_keys, text_encoder_config
+from .families import ModelFamily, detect_family, exact_widths, normalise_keys, text_encoder_config
 from .tokenizers import load_clip_tokenizer
 
 log = logging.getLogger(__name__)
@@ -115,8 +115,10 @@ def load_single_file(info: CheckpointInfo, device: torch.device, dtype: torch.dt
     family = detect_family(sd, info.path.name)
     cfg = family.original_config
     try:
-        unet_cfg = create_unet_diffusers_config_from_ldm(cfg, sd)
-        vae_cfg = create_vae_diffusers_config_from_ldm(cfg, sd)
+        params = cfg["model"]["params"]
+        unet_cfg = exact_widths(create_unet_diffusers_config_from_ldm(cfg, sd), params["unet_config"]["params"])
+        vae_cfg = exact_widths(create_vae_diffusers_config_from_ldm(cfg, sd),
+                               params["first_stage_config"]["params"]["ddconfig"])
         unet_sd = convert_ldm_unet_checkpoint(sd, unet_cfg)
         vae_sd = convert_ldm_vae_checkpoint(sd, vae_cfg)
         clip_sd = convert_ldm_clip_checkpoint(sd)
