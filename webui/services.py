@@ -20,6 +20,7 @@ from webui.jobs.queue import Job, JobQueue
 from webui.models.catalog import Catalog, HashCache
 from webui.models.checkpoint_io import read_safetensors_metadata
 from webui.models.embeddings import EmbeddingLibrary
+from webui.models.errors import ModelError
 from webui.models.lora import LoraLibrary
 from webui.models.vae import VaeLibrary, apply_vae
 from webui.models.loader import LoadedModel
@@ -116,6 +117,13 @@ class Easel:
                 pass
         return (512, 512)
 
+    def checkpoint_key(self, name: str | None) -> str | None:
+        """The checkpoint a job will need (for the queue's same-checkpoint grouping); None if unknown."""
+        try:
+            return self.manager.resolve(name).name
+        except ModelError:
+            return None
+
     # -- jobs ------------------------------------------------------------------------------------
     def submit_txt2img(self, request: Txt2ImgRequest, owner: str = "anonymous", save: bool = True) -> Job:
         return self._submit("txt2img", request, owner, save)
@@ -139,11 +147,13 @@ class Easel:
                 ]
             return SavedResult(result, paths)
 
-        return self.queue.submit(Job(run=run, description=kind, owner=owner))
+        return self.queue.submit(Job(run=run, description=kind, owner=owner,
+                                     checkpoint=self.checkpoint_key(request.checkpoint)))
 
     def submit_load(self, name: str | None, owner: str = "anonymous") -> Job:
         """Load (hot-swap to) a checkpoint between jobs, as a job of its own."""
-        return self.queue.submit(Job(run=lambda job: self.load_model(name).info.title, description="load", owner=owner))
+        return self.queue.submit(Job(run=lambda job: self.load_model(name).info.title, description="load",
+                                     owner=owner, checkpoint=self.checkpoint_key(name)))
 
     def submit_outpaint(self, request: OutpaintRequest, owner: str = "anonymous", save: bool = True) -> Job:
         """One box of the outpaint canvas: txt2img, img2img or outpaint by how much of it is painted
@@ -163,15 +173,17 @@ class Easel:
                          for img, info, seed in zip(result.images, result.infotexts, result.seeds)]
             return SavedResult(result, paths)
 
-        return self.queue.submit(Job(run=run, description="outpaint", owner=owner))
+        return self.queue.submit(Job(run=run, description="outpaint", owner=owner,
+                                     checkpoint=self.checkpoint_key(request.checkpoint)))
 
     def submit_zoom(self, request: ZoomRequest, owner: str = "anonymous") -> Job:
         """An infinite-zoom video: keyframes, then the mp4 under outputs/zoom/DATE/. An interrupted job
         still writes the video of the keyframes it finished."""
         def run(job: Job) -> ZoomVideo:
             job.set_stage(f"loading {request.checkpoint or 'default checkpoint'}")
-            result = run_zoom(self.engine, self.load_model(request.checkpoint), request, job)
+            result = run_zoom(self.engine, self.load_model(request.checkpoint, request.vae), request, job)
             job.set_stage("writing the video")
             return save_zoom(result, self.store.folder("zoom"))
 
-        return self.queue.submit(Job(run=run, description="zoom", owner=owner))
+        return self.queue.submit(Job(run=run, description="zoom", owner=owner,
+                                     checkpoint=self.checkpoint_key(request.checkpoint)))

@@ -10,6 +10,7 @@ from PIL import Image
 from webui.images.store import read_infotext
 from webui.services import Easel
 
+from .controls import SHARED_FIELDS
 from .img2img import Img2ImgTab
 from .outpaint import OutpaintTab
 from .pnginfo import PngInfoTab
@@ -44,30 +45,32 @@ def build_ui(easel: Easel) -> gr.Blocks:
                 label="Stable Diffusion checkpoint", elem_id="sd_model_checkpoint", scale=4,
             )
             refresh = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", scale=0, min_width=40)
+            vae = gr.Dropdown(choices=easel.vaes.choices(), value="Automatic", label="SD VAE", elem_id="sd_vae",
+                              scale=2)
             model_status = gr.HTML(elem_id="sd_model_status")
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
-                txt2img = Txt2ImgTab(easel, checkpoint)
+                txt2img = Txt2ImgTab(easel, checkpoint, vae)
                 txt2img.build()
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
-                img2img = Img2ImgTab(easel, checkpoint)
+                img2img = Img2ImgTab(easel, checkpoint, vae)
                 img2img.build()
             with gr.Tab("Outpaint", id="outpaint", elem_id="tab_outpaint"):
-                OutpaintTab(easel, checkpoint).build()
+                OutpaintTab(easel, checkpoint, vae).build()
             with gr.Tab("Infinite zoom", id="zoom", elem_id="tab_zoom"):
-                ZoomTab(easel, checkpoint).build()
+                ZoomTab(easel, checkpoint, vae).build()
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 pnginfo = PngInfoTab()
                 pnginfo.build()
         wire_send_to(txt2img, img2img, pnginfo, tabs)
-        wire_checkpoint(easel, checkpoint, refresh, model_status, [txt2img.controls, img2img.controls])
+        wire_checkpoint(easel, checkpoint, vae, refresh, model_status, [txt2img.controls, img2img.controls])
     return blocks
 
 
 def wire_send_to(txt2img: Txt2ImgTab, img2img: Img2ImgTab, pnginfo: PngInfoTab, tabs: gr.Tabs) -> None:
     """Every gallery (and PNG Info) can send its image and parameters to txt2img, img2img or inpaint."""
-    t_fields = [c for n, c in txt2img.controls.fields.items() if n != "checkpoint"]
-    i_fields = [c for n, c in img2img.controls.fields.items() if n != "checkpoint"]
+    t_fields = [c for n, c in txt2img.controls.fields.items() if n not in SHARED_FIELDS]
+    i_fields = [c for n, c in img2img.controls.fields.items() if n not in SHARED_FIELDS]
 
     def to_txt2img(item):
         _, text = load_sent_image(item)
@@ -105,15 +108,17 @@ def wire_send_to(txt2img: Txt2ImgTab, img2img: Img2ImgTab, pnginfo: PngInfoTab, 
                                api_name=False)
 
 
-def wire_checkpoint(easel: Easel, checkpoint: gr.Dropdown, refresh: gr.Button, status: gr.HTML,
-                    controls: list) -> None:
+def wire_checkpoint(easel: Easel, checkpoint: gr.Dropdown, vae: gr.Dropdown, refresh: gr.Button,
+                    status: gr.HTML, controls: list) -> None:
     size_fields = [c.fields[n] for c in controls for n in ("width", "height")]
 
-    def on_refresh(current: str | None):
+    def on_refresh(current: str | None, current_vae: str | None):
         easel.refresh()
-        titles = easel.manager.titles()
+        titles, vaes = easel.manager.titles(), easel.vaes.choices()
         value = current if current in titles else (titles[0] if titles else None)
-        return gr.Dropdown(choices=titles, value=value), notice_html(f"{len(titles)} checkpoint(s)")
+        return (gr.Dropdown(choices=titles, value=value),
+                gr.Dropdown(choices=vaes, value=current_vae if current_vae in vaes else "Automatic"),
+                notice_html(f"{len(titles)} checkpoint(s), {len(vaes) - 2} VAE file(s)"))
 
     def on_select(name: str | None):
         if not name:
@@ -125,7 +130,7 @@ def wire_checkpoint(easel: Easel, checkpoint: gr.Dropdown, refresh: gr.Button, s
         width, height = easel.default_size_for(name)
         return [notice_html(f"Loaded {job.result}")] + [width, height] * len(controls)
 
-    refresh.click(on_refresh, inputs=checkpoint, outputs=[checkpoint, status], api_name=False)
+    refresh.click(on_refresh, inputs=[checkpoint, vae], outputs=[checkpoint, vae, status], api_name=False)
     checkpoint.input(on_select, inputs=checkpoint, outputs=[status] + size_fields, api_name=False)
 
 
