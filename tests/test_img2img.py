@@ -175,14 +175,15 @@ def test_a_painted_rgba_layer_is_a_mask():
 
 
 @pytest.fixture(scope="module")
-def inpainting_checkpoint(model_root):
-    path = model_root / "models" / "Stable-diffusion" / "tiny-inpainting.safetensors"
-    if not path.exists():
-        write_safetensors(build_tiny_sd(seed=3, in_channels=9), path, metadata={"modelspec.resolution": "64x64"})
+def inpainting_checkpoint(tmp_path_factory):
+    """In a folder of its own, so the shared tiny-model folder stays as other tests expect it."""
+    path = tmp_path_factory.mktemp("inpainting") / "tiny-inpainting.safetensors"
+    write_safetensors(build_tiny_sd(seed=3, in_channels=9), path, metadata={"modelspec.resolution": "64x64"})
     return path
 
 
 def test_a_9_channel_inpainting_checkpoint_loads_and_runs(easel, inpainting_checkpoint):
+    easel.manager.catalog.roots.append(inpainting_checkpoint.parent)
     easel.manager.refresh()
     model = easel.load_model("tiny-inpainting.safetensors")
     assert model.family.inpainting and model.unet.config.in_channels == 9

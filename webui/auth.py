@@ -37,6 +37,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from webui.settings import Settings
 
 API_PATHS = ("/sdapi/", "/easel/v1/", "/docs", "/openapi.json")
+UI_API_PATHS = ("/easel/v1/canvas/",)  # JSON endpoints the page's own scripts call: the UI's logins apply
 LOGIN_PATH = "/login"
 LOGOUT_PATH = "/logout"
 COOKIE_NAME = "easel-session"
@@ -52,6 +53,8 @@ class Surface(str, Enum):
 
 
 def surface_of(path: str) -> Surface:
+    if path.startswith(UI_API_PATHS):
+        return Surface.UI
     return Surface.API if path.startswith(API_PATHS) else Surface.UI
 
 
