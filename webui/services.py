@@ -10,6 +10,7 @@ import importlib.util
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from webui.generation.engine import Engine, GenerationResult
 from webui.generation.outpaint import OutpaintRequest, plan_box
@@ -21,10 +22,10 @@ from webui.models.catalog import Catalog, HashCache
 from webui.models.checkpoint_io import read_safetensors_metadata
 from webui.models.embeddings import EmbeddingLibrary
 from webui.models.errors import ModelError
-from webui.models.lora import LoraLibrary
-from webui.models.vae import VaeLibrary, apply_vae
 from webui.models.loader import LoadedModel
+from webui.models.lora import LoraLibrary
 from webui.models.manager import ModelManager, TierBudget
+from webui.models.vae import VaeLibrary, apply_vae
 from webui.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -126,25 +127,38 @@ class Easel:
 
     # -- jobs ------------------------------------------------------------------------------------
     def submit_txt2img(self, request: Txt2ImgRequest, owner: str = "anonymous", save: bool = True) -> Job:
-        return self._submit("txt2img", request, owner, save)
+        return self._submit("txt2img", request, owner, lambda model, job: self.engine.txt2img(model, request, job),
+                            "txt2img-images" if save else None)
 
     def submit_img2img(self, request: Img2ImgRequest, owner: str = "anonymous", save: bool = True) -> Job:
         """img2img, sketch and inpainting (a request with a mask) share one job kind and output folder."""
-        return self._submit("img2img", request, owner, save)
+        return self._submit("img2img", request, owner, lambda model, job: self.engine.img2img(model, request, job),
+                            "img2img-images" if save else None)
 
-    def _submit(self, kind: str, request: Txt2ImgRequest | Img2ImgRequest, owner: str, save: bool) -> Job:
+    def submit_outpaint(self, request: OutpaintRequest, owner: str = "anonymous", save: bool = True) -> Job:
+        """One box of the outpaint canvas: txt2img, img2img or outpaint by how much of it is painted
+        (webui/generation/outpaint.py). Every image comes back as the whole box, ready to lay on the canvas."""
+        def generate(model: LoadedModel, job: Job) -> GenerationResult:
+            plan = plan_box(request)
+            engine_call = self.engine.txt2img if plan.kind == "txt2img" else self.engine.img2img
+            result = engine_call(model, plan.request, job)
+            result.images = [plan.finish(image) for image in result.images]
+            result.extra["box_kind"] = plan.kind
+            return result
+
+        return self._submit("outpaint", request, owner, generate, "outpaint-images" if save else None)
+
+    def _submit(self, kind: str, request, owner: str,
+                generate: Callable[[LoadedModel, Job], GenerationResult], folder: str | None) -> Job:
+        """Queue one generation: load the checkpoint (and VAE) it names, generate, save the PNGs."""
         def run(job: Job) -> SavedResult:
             job.set_stage(f"loading {request.checkpoint or 'default checkpoint'}")
-            model = self.load_model(request.checkpoint, request.vae)
-            engine_call = self.engine.img2img if kind == "img2img" else self.engine.txt2img
-            result = engine_call(model, request, job)
+            result = generate(self.load_model(request.checkpoint, request.vae), job)
             paths = []
-            if save:
+            if folder is not None:
                 job.set_stage("saving")
-                paths = [
-                    self.store.save(img, info, f"{kind}-images", seed)
-                    for img, info, seed in zip(result.images, result.infotexts, result.seeds)
-                ]
+                paths = [self.store.save(img, info, folder, seed)
+                         for img, info, seed in zip(result.images, result.infotexts, result.seeds)]
             return SavedResult(result, paths)
 
         return self.queue.submit(Job(run=run, description=kind, owner=owner,
@@ -154,27 +168,6 @@ class Easel:
         """Load (hot-swap to) a checkpoint between jobs, as a job of its own."""
         return self.queue.submit(Job(run=lambda job: self.load_model(name).info.title, description="load",
                                      owner=owner, checkpoint=self.checkpoint_key(name)))
-
-    def submit_outpaint(self, request: OutpaintRequest, owner: str = "anonymous", save: bool = True) -> Job:
-        """One box of the outpaint canvas: txt2img, img2img or outpaint by how much of it is painted
-        (webui/generation/outpaint.py). Every image comes back as the whole box, ready to lay on the canvas."""
-        def run(job: Job) -> SavedResult:
-            job.set_stage(f"loading {request.checkpoint or 'default checkpoint'}")
-            model = self.load_model(request.checkpoint, request.vae)
-            plan = plan_box(request)
-            engine_call = self.engine.txt2img if plan.kind == "txt2img" else self.engine.img2img
-            result = engine_call(model, plan.request, job)
-            result.images = [plan.finish(image) for image in result.images]
-            result.extra["box_kind"] = plan.kind
-            paths = []
-            if save:
-                job.set_stage("saving")
-                paths = [self.store.save(img, info, "outpaint-images", seed)
-                         for img, info, seed in zip(result.images, result.infotexts, result.seeds)]
-            return SavedResult(result, paths)
-
-        return self.queue.submit(Job(run=run, description="outpaint", owner=owner,
-                                     checkpoint=self.checkpoint_key(request.checkpoint)))
 
     def submit_zoom(self, request: ZoomRequest, owner: str = "anonymous") -> Job:
         """An infinite-zoom video: keyframes, then the mp4 under outputs/zoom/DATE/. An interrupted job
