@@ -247,6 +247,9 @@ def main(argv=None) -> int:
     ap.add_argument("--vae-kl-w", type=float, default=1e-5)
     ap.add_argument("--pool-single", type=int, default=10000)
     ap.add_argument("--pool-two", type=int, default=2500)
+    ap.add_argument("--init-from", default=None, help="continue from an exported checkpoint (skips the VAE phase)")
+    ap.add_argument("--pool-start", type=int, default=1_000_000, help="first scene index of the latent pool")
+    ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--unet-steps", type=int, default=3600)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-4)
@@ -268,21 +271,36 @@ def main(argv=None) -> int:
     from webui.models.tokenizers import load_clip_tokenizer
 
     tokenizer = load_clip_tokenizer()
-    vae, text, unet = build_models(args.seed)
+    gen = SceneGenerator(args.seed, RESOLUTION, two_shape_prob=0.25)
+    if args.init_from:
+        # continue from an exported checkpoint: its VAE (already folded) is kept as is
+        from safetensors import safe_open
+
+        from webui.demo.evaluate import load_components
+
+        unet, vae, text = load_components(args.init_from)
+        with safe_open(args.init_from, "pt") as f:
+            prev = f.metadata() or {}
+        scale = float(prev.get("easel.demo.latent_fold_scale", "nan"))
+        prev_steps = int(prev.get("easel.demo.steps", "0"))
+        vae.requires_grad_(False)
+        log(f"init from {args.init_from} ({prev_steps} UNet steps so far)")
+    else:
+        prev_steps = 0
+        vae, text, unet = build_models(args.seed)
     log(f"params: unet {n_params(unet) / 1e6:.2f} M, text {n_params(text) / 1e6:.2f} M, vae {n_params(vae) / 1e6:.2f} M")
 
-    gen = SceneGenerator(args.seed, RESOLUTION, two_shape_prob=0.25)
-
     # ---- phase 1: VAE
-    vae_deadline = t_start + args.vae_minutes * 60
-    train_vae(vae, gen, args, vae_deadline)
-    vae.requires_grad_(False)
-    scale = fold_latent_scale(vae, gen, preview=args.vae_preview)
+    if not args.init_from:
+        vae_deadline = t_start + args.vae_minutes * 60
+        train_vae(vae, gen, args, vae_deadline)
+        vae.requires_grad_(False)
+        scale = fold_latent_scale(vae, gen, preview=args.vae_preview)
     t_vae = time.time() - t_start
     log(f"phase 1 (VAE) done in {t_vae / 60:.1f} min")
 
     # ---- phase 2: latent pool
-    mean, logvar, ids = encode_pool(vae, gen, args.pool_single, args.pool_two, 1_000_000, tokenizer)
+    mean, logvar, ids = encode_pool(vae, gen, args.pool_single, args.pool_two, args.pool_start, tokenizer)
     std = torch.exp(0.5 * logvar)
     n_single = args.pool_single
     empty_ids = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
@@ -331,7 +349,7 @@ def main(argv=None) -> int:
                 total = max(fit, 21)
             else:
                 log(f"unet: {per:.2f}s/step; {total} steps take ~{total * per / 60:.0f} min")
-        p_two = args.two_shape_max * min(1.0, step / (0.5 * total))
+        p_two = args.two_shape_max * (1.0 if args.init_from else min(1.0, step / (0.5 * total)))
         two = torch.rand(args.batch, generator=g) < p_two
         i_one = torch.randint(0, n_single, (args.batch,), generator=g)
         i_two = torch.randint(n_single, len(mean), (args.batch,), generator=g)
@@ -345,7 +363,7 @@ def main(argv=None) -> int:
         t = torch.randint(0, 1000, (args.batch,), generator=g)
         zt = sched.add_noise(z0, noise, t)
         for grp in opt.param_groups:
-            grp["lr"] = cosine_lr(step, total, args.lr, 200)
+            grp["lr"] = cosine_lr(step, total, args.lr, args.warmup)
         cond = text(tok).last_hidden_state
         pred = unet(zt, t, cond).sample
         w = torch.clamp(snr[t], max=args.min_snr) / snr[t]
@@ -366,11 +384,11 @@ def main(argv=None) -> int:
                 f"p_two {p_two:.2f} ({el:.0f}s, {el / step:.2f}s/step)"
             )
         if args.snapshot and time.time() - last_snap > args.snapshot_minutes * 60 and step < total:
-            snap_meta = dict(metadata, **{"easel.demo.steps": str(step)})
+            snap_meta = dict(metadata, **{"easel.demo.steps": str(prev_steps + step)})
             save(args.snapshot, ema_unet, vae, ema_text, snap_meta)
             last_snap = time.time()
 
-    metadata["easel.demo.steps"] = str(step)
+    metadata["easel.demo.steps"] = str(prev_steps + step)
     metadata["easel.demo.train_minutes"] = f"{(time.time() - t_start) / 60:.1f}"
     save(args.out, ema_unet, vae, ema_text, metadata)
     log(

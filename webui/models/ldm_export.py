@@ -226,6 +226,9 @@ def save_ldm_checkpoint(
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={str(k): str(v) for k, v in (metadata or {}).items()})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual mode
         os.replace(tmp, path)
     except BaseException:
         try:
