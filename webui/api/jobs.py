@@ -10,13 +10,27 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import Field, ValidationError, create_model
 from starlette.concurrency import run_in_threadpool
 
+from fastapi.responses import FileResponse
+
+from webui.generation.zoom import ZoomRequest, ZoomVideo
+
 from .context import ApiContext, Caller, caller_dependency
-from .errors import EaselRoute, InvalidFields, field_error, printable
+from .errors import ApiError, EaselRoute, InvalidFields, field_error, printable
+from .images import decode_image
 from .results import job_status
 from .schemas import EASEL_JOB_KINDS, JobList, JobStatus, JobSubmitted
+
+# The zoom body: ZoomRequest's own fields, with the first image as base64 (for the schema only; the
+# body is validated by ZoomRequest itself after the image is decoded).
+_ZoomJobBody = create_model(
+    "ZoomJobBody",
+    **{name: (f.annotation, f) for name, f in ZoomRequest.model_fields.items() if name != "init_image"},
+    init_image=(str | None, Field(None, description="base64 image to zoom from instead of a txt2img start")),
+)
+_ZOOM_BODY = _ZoomJobBody.model_json_schema(ref_template="#/components/schemas/{model}")
 
 # The body is one of the kinds' models, picked by `kind` before validating, so errors name the field
 # as sent (a pydantic tagged union would put the tag in front of every error's location).
@@ -48,6 +62,34 @@ def easel_router(ctx: ApiContext) -> APIRouter:
         job = submission.job
         answer = JobSubmitted(id=job.id, state=job.state, position=queue.position(job), url=f"/easel/v1/jobs/{job.id}")
         return JSONResponse(answer.model_dump(mode="json"), status_code=202, headers={"Location": answer.url})
+
+    @router.post("/zoom", response_model=JobSubmitted, status_code=202,
+                 openapi_extra={"requestBody": {"required": True,
+                                                "content": {"application/json": {"schema": _ZOOM_BODY}}}})
+    async def submit_zoom(raw: Annotated[dict[str, Any], Body()], caller: CallerDep) -> JSONResponse:
+        """Queue an infinite-zoom video; poll GET /easel/v1/jobs/{id}, then fetch GET /easel/v1/jobs/{id}/video."""
+        fields = dict(raw)
+        if isinstance(fields.get("init_image"), str) and fields["init_image"]:
+            fields["init_image"] = decode_image(fields["init_image"], "init_image").convert("RGB")
+        info = ctx.resolve_checkpoint(fields.get("checkpoint"), "checkpoint")
+        fields["checkpoint"] = info.title
+        fields["vae"] = ctx.resolve_vae(fields.get("vae"), "vae")
+        try:
+            request = ZoomRequest.model_validate(fields)
+        except ValidationError as e:
+            raise InvalidFields(e.errors(), prefix=("body",)) from None
+        job = await run_in_threadpool(ctx.easel.submit_zoom, request, caller.owner)
+        answer = JobSubmitted(id=job.id, state=job.state, position=queue.position(job), url=f"/easel/v1/jobs/{job.id}")
+        return JSONResponse(answer.model_dump(mode="json"), status_code=202, headers={"Location": answer.url})
+
+    @router.get("/jobs/{job_id}/video", response_class=FileResponse)
+    def get_video(job_id: str, caller: CallerDep) -> FileResponse:
+        """The mp4 of a finished zoom job (an interrupted one has the keyframes it finished)."""
+        job = ctx.visible_job(job_id, caller)
+        video = job.result if isinstance(job.result, ZoomVideo) else None
+        if video is None or video.video is None or not video.video.is_file():
+            raise ApiError(404, f"job {job_id!r} has no video (yet)")
+        return FileResponse(video.video, media_type="video/mp4", filename=video.video.name)
 
     @router.get("/jobs", response_model=JobList)
     def list_jobs(caller: CallerDep) -> JobList:
