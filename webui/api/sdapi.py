@@ -1,6 +1,6 @@
 """A1111's `/sdapi/v1` routes: the same paths, field names and response shapes, on Easel's services.
 
-Where Easel differs, it is on purpose and documented in webui/api/README.md: defaults come from
+Where Easel differs, it is on purpose and documented in the README (HTTP API section): defaults come from
 the request types (one set for UI and API), options are per caller, a checkpoint change is
 per request or per caller and never a global swap, and interrupt/progress concern the caller's
 own jobs.
