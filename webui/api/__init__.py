@@ -3,8 +3,8 @@
 `build_api_router(easel, gate)` returns one FastAPI router; `app.py` mounts it beside the web UI
 (or alone with `--nowebui`). Routes are thin: they turn a request body (a model derived from the
 job request types) into a queued job through `ApiContext`, and the finished job into A1111's
-response shape. Adding img2img is one route beside txt2img in `sdapi.py` over a derived
-`ApiImg2ImgRequest`.
+response shape (txt2img and img2img in `sdapi.py`; Easel's queued jobs, zoom videos included, in
+`jobs.py`; the outpaint canvas's endpoint in `canvas.py`).
 """
 from __future__ import annotations
 
