@@ -13,6 +13,8 @@ them and builds the real `Img2ImgRequest`, so the engine's own validation runs a
 """
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import math
 from copy import copy
 from typing import Annotated, Any, ClassVar, Literal
@@ -123,9 +125,9 @@ class ApiGenerationRequest(GenerationParams, A1111Fields):
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
+    @abstractmethod
     def core(self, **changes: Any) -> GenerationParams:
         """The plain job request for the engine, with `changes` applied (validated again)."""
-        raise NotImplementedError
 
 
 class ApiTxt2ImgRequest(Txt2ImgRequest, ApiGenerationRequest):
