@@ -32,8 +32,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def easel_server(data_dir: Path, *extra: str, timeout: float = 180):
-    """Run `app.py` on a free port until the block ends; yields the base URL."""
+def easel_server(data_dir: Path, *extra: str, timeout: float = 180, ready_path: str = "/"):
+    """Run `app.py` on a free port until the block ends; yields the base URL once `ready_path` answers
+    (with logins on, pass the public sign-in page: everything else refuses anonymous requests)."""
     port = free_port()
     log = open(data_dir / "server.log", "wb")
     proc = subprocess.Popen(
@@ -48,7 +49,7 @@ def easel_server(data_dir: Path, *extra: str, timeout: float = 180):
             if proc.poll() is not None:
                 raise RuntimeError("Easel exited:\n" + (data_dir / "server.log").read_text()[-3000:])
             try:
-                urllib.request.urlopen(url + "/", timeout=2)
+                urllib.request.urlopen(url + ready_path, timeout=2)
                 break
             except OSError:
                 if time.time() > deadline:

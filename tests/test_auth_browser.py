@@ -1,50 +1,21 @@
 """A shared instance with logins, in a real browser: sign in, generate, and the job is the user's."""
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
-from browser import ROOT, chromium_page, free_port, requires_chromium
+from browser import chromium_page, easel_server, requires_chromium
 
 pytestmark = [pytest.mark.browser, requires_chromium]
 PASSWORD = "pa:ss word"
 
 
-@contextmanager
-def guarded_server(data: Path, *extra: str, timeout: float = 180):
-    """`app.py` with logins on a free port; ready once its (public) sign-in page answers."""
-    port = free_port()
-    with open(data / "server.log", "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py"), "--data-dir", str(data), "--port", str(port), "--device", "cpu",
-             *extra], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.time() + timeout
-            while True:
-                assert proc.poll() is None, (data / "server.log").read_text()[-3000:]
-                try:
-                    if httpx.get(url + "/login", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.time() < deadline, "Easel did not start"
-                time.sleep(0.5)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+def guarded_server(data: Path, *extra: str):
+    """`app.py` with logins; ready once its (public) sign-in page answers."""
+    return easel_server(data, *extra, ready_path="/login")
 
 
 @pytest.fixture(scope="module")
