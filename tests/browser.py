@@ -65,6 +65,21 @@ def easel_server(data_dir: Path, *extra: str, timeout: float = 180, ready_path: 
         log.close()
 
 
+def data_dir_with_tiny_model(folder: Path, model_root: Path) -> Path:
+    """A fresh --data-dir whose only checkpoint is the tests' tiny-a.safetensors."""
+    ckpts = folder / "models" / "Stable-diffusion"
+    ckpts.mkdir(parents=True)
+    shutil.copy(model_root / "models" / "Stable-diffusion" / "tiny-a.safetensors", ckpts / "tiny-a.safetensors")
+    return folder
+
+
+def set_number(page, elem_id: str, value) -> None:
+    """Type into a Gradio slider's number box and leave it, as a person would."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Tab")
+
+
 @contextmanager
 def chromium_page():
     from playwright.sync_api import sync_playwright

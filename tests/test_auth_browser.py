@@ -1,13 +1,12 @@
 """A shared instance with logins, in a real browser: sign in, generate, and the job is the user's."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import httpx
 import pytest
 
-from browser import chromium_page, easel_server, requires_chromium
+from browser import chromium_page, data_dir_with_tiny_model, easel_server, requires_chromium
 
 pytestmark = [pytest.mark.browser, requires_chromium]
 PASSWORD = "pa:ss word"
@@ -20,10 +19,7 @@ def guarded_server(data: Path, *extra: str):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, model_root):
-    data = tmp_path_factory.mktemp("auth-ui-data")
-    ckpts = data / "models" / "Stable-diffusion"
-    ckpts.mkdir(parents=True)
-    shutil.copy(model_root / "models" / "Stable-diffusion" / "tiny-a.safetensors", ckpts / "tiny-a.safetensors")
+    data = data_dir_with_tiny_model(tmp_path_factory.mktemp("auth-ui-data"), model_root)
     with guarded_server(data, "--api", "--gradio-auth", f"alice:{PASSWORD},bob:hunter2") as url:
         yield url, data
 

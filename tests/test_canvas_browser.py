@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import datetime
 import io
-import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from browser import chromium_page, easel_server, requires_chromium
+from browser import chromium_page, data_dir_with_tiny_model, easel_server, requires_chromium, set_number
 
 pytestmark = [pytest.mark.browser, requires_chromium]
 ROOT = "document.getElementById('outpaint_canvas_root')"
@@ -17,18 +16,10 @@ ROOT = "document.getElementById('outpaint_canvas_root')"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, model_root):
-    data = tmp_path_factory.mktemp("canvas-data")
-    ckpts = data / "models" / "Stable-diffusion"
-    ckpts.mkdir(parents=True)
-    shutil.copy(model_root / "models" / "Stable-diffusion" / "tiny-a.safetensors", ckpts / "tiny-a.safetensors")
+    data = data_dir_with_tiny_model(tmp_path_factory.mktemp("canvas-data"), model_root)
     with easel_server(data) as url:
         yield url, data
 
-
-def set_number(page, elem_id: str, value) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Tab")
 
 
 def canvas_data(page) -> dict:

@@ -2,22 +2,18 @@
 from __future__ import annotations
 
 import datetime
-import shutil
 
 import pytest
 from PIL import Image
 
-from browser import chromium_page, easel_server, requires_chromium
+from browser import chromium_page, data_dir_with_tiny_model, easel_server, requires_chromium, set_number
 
 pytestmark = [pytest.mark.browser, requires_chromium]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, model_root):
-    data = tmp_path_factory.mktemp("ui-data")
-    ckpts = data / "models" / "Stable-diffusion"
-    ckpts.mkdir(parents=True)
-    shutil.copy(model_root / "models" / "Stable-diffusion" / "tiny-a.safetensors", ckpts / "tiny-a.safetensors")
+    data = data_dir_with_tiny_model(tmp_path_factory.mktemp("ui-data"), model_root)
     with easel_server(data) as url:
         yield url, data
 
@@ -30,11 +26,6 @@ def page(server):
         page.wait_for_selector("#txt2img_prompt textarea")
         yield page
 
-
-def set_number(page, elem_id: str, value) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Tab")
 
 
 def test_type_prompt_generate_and_find_the_png_with_infotext(server, page):
