@@ -83,9 +83,9 @@ def test_vectors_equal_to_the_words_own_embeddings_give_the_words_encoding(tiny_
     swapped = list(ids)
     swapped[2:4] = [tok.pad_token_id] * 2
     with torch.no_grad():
-        via_vectors = enc._encode_with_vectors(torch.tensor([swapped]), [(1, vectors)])
-        plain = enc._run_text_encoder(torch.tensor([ids]))
-        without = enc._run_text_encoder(torch.tensor([swapped]))
+        via_vectors, _ = enc._encode_with_vectors(torch.tensor([swapped]), [(1, vectors)])
+        plain, _ = enc._run_text_encoder(torch.tensor([ids]))
+        without, _ = enc._run_text_encoder(torch.tensor([swapped]))
     assert torch.allclose(via_vectors, plain, atol=1e-5)
     assert not torch.allclose(without, plain, atol=1e-3)
     assert not tiny_a.text_encoder.get_input_embeddings()._forward_hooks  # the hook is gone

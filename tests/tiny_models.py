@@ -1,4 +1,4 @@
-"""Tiny SD1.x models with real topology and random weights, written the ways users' files come.
+"""Tiny SD1.x / SD2.x / SDXL models with real topology and random weights, written the ways users' files come.
 
 Used by the tests (and the CPU benchmark). Widths are multiples of 32 (GroupNorm groups), the UNet
 uses SD1's 8 attention heads and the text encoder CLIP's 64-wide-head convention with one head, so
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from webui.models.ldm_export import export_ldm_state_dict, save_ldm_checkpoint
 
@@ -25,6 +25,61 @@ class TinySD:
     unet: UNet2DConditionModel
     vae: AutoencoderKL
     text_encoder: CLIPTextModel
+    text_encoder_2: CLIPTextModelWithProjection | None = None
+    family: str = "sd1"
+
+
+def _tiny_vae(scaling_factor: float = 0.18215) -> AutoencoderKL:
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(32, 32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        latent_channels=4, layers_per_block=1, norm_num_groups=32, scaling_factor=scaling_factor,
+    )
+
+
+def _clip(width: int, layers: int, act: str, projection: bool = False):
+    cfg = CLIPTextConfig(
+        vocab_size=49408, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
+        num_attention_heads=max(1, width // 64), max_position_embeddings=77, hidden_act=act,
+        projection_dim=width, bos_token_id=0, eos_token_id=2, pad_token_id=1,
+    )
+    return CLIPTextModelWithProjection(cfg) if projection else CLIPTextModel(cfg)
+
+
+def build_tiny_sd2(seed: int = 0, in_channels: int = 4) -> TinySD:
+    """SD2.x topology: OpenCLIP-style text encoder (GELU, 64-wide heads), linear projections in the
+    transformers, 64-wide attention heads. The text encoder has one layer more than SD2 uses (the
+    file carries it; the loader drops it)."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=in_channels, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=[1, 1], use_linear_projection=True, upcast_attention=True,
+        norm_num_groups=32,
+    )
+    models = TinySD(unet, _tiny_vae(), _clip(64, 3, "gelu"), family="sd2")
+    for m in (models.unet, models.vae, models.text_encoder):
+        m.eval()
+    return models
+
+
+def build_tiny_sdxl(seed: int = 0, in_channels: int = 4) -> TinySD:
+    """SDXL topology: no attention at the first level, 1 then 2 transformer blocks, two text
+    encoders of different widths (32 + 64 = 96-wide context), pooled text + size embedding."""
+    torch.manual_seed(seed)
+    time_dim, pooled = 8, 64
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=in_channels, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=[1, 2], cross_attention_dim=96, attention_head_dim=[1, 1],
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=pooled + 6 * time_dim, norm_num_groups=32,
+    )
+    models = TinySD(unet, _tiny_vae(0.13025), _clip(32, 2, "quick_gelu"),
+                    _clip(pooled, 2, "gelu", projection=True), family="sdxl")
+    for m in (models.unet, models.vae, models.text_encoder, models.text_encoder_2):
+        m.eval()
+    return models
 
 
 def build_tiny_sd(seed: int = 0, in_channels: int = 4, width: int = 32) -> TinySD:
@@ -62,12 +117,13 @@ def build_tiny_sd(seed: int = 0, in_channels: int = 4, width: int = 32) -> TinyS
 
 
 def write_safetensors(tiny: TinySD, path: Path, metadata: dict | None = None) -> Path:
-    return save_ldm_checkpoint(path, tiny.unet, tiny.vae, tiny.text_encoder, metadata=metadata)
+    return save_ldm_checkpoint(path, tiny.unet, tiny.vae, tiny.text_encoder, metadata=metadata,
+                               text_encoder_2=tiny.text_encoder_2, family=tiny.family)
 
 
 def write_ckpt(tiny: TinySD, path: Path, wrap: bool = True, old_clip_keys: bool = False) -> Path:
     """A `.ckpt` as the original repos saved them: a pickled dict with a `state_dict`."""
-    sd = export_ldm_state_dict(tiny.unet, tiny.vae, tiny.text_encoder)
+    sd = export_ldm_state_dict(tiny.unet, tiny.vae, tiny.text_encoder, tiny.text_encoder_2, tiny.family)
     if old_clip_keys:  # some community SD1 files lack the `text_model.` part
         sd = {k.replace("cond_stage_model.transformer.text_model.", "cond_stage_model.transformer."): v
               for k, v in sd.items()}

@@ -9,6 +9,10 @@
   distinct text is encoded once, and `ScheduledConditioning.at(step)` picks the tensors for a step.
 - Positive and negative conditioning of different lengths are padded with the encoding of an
   empty chunk, as A1111 does, so they can be batched for classifier-free guidance.
+- SDXL (`DualPromptEncoder`): both text encoders see the same chunks; their penultimate hidden
+  states (no final norm) are concatenated along the width, and the second encoder's projected
+  pooled output of the first chunk conditions the UNet too. An empty negative prompt is all zeros,
+  as in A1111 and diffusers.
 """
 from __future__ import annotations
 
@@ -36,11 +40,14 @@ class PromptChunk:
 class PromptEncoder:
     """Encodes prompt texts for one loaded text encoder; caches each distinct text."""
 
+    zero_empty_negative = False  # SD1/SD2 encode an empty negative prompt like any other text
+
     def __init__(self, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, clip_skip: int = 1,
-                 embeddings: dict[str, Embedding] | None = None):
+                 embeddings: dict[str, Embedding] | None = None, layer: str = "last"):
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.clip_skip = clip_skip
+        self.layer = layer  # "last" (SD1/SD2, clip skip applies) | "penultimate" (SDXL: raw hidden state)
         width = text_encoder.config.hidden_size
         # only embeddings made for this text encoder's width can be used; others are plain words
         self.embeddings = {n: e.for_width(width) for n, e in (embeddings or {}).items() if e.for_width(width) is not None}
@@ -50,6 +57,7 @@ class PromptEncoder:
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
         self.comma = tokenizer.convert_tokens_to_ids(",</w>")
         self._cache: dict[str, torch.Tensor] = {}
+        self._pooled: dict[str, torch.Tensor | None] = {}
 
     # -- tokens --------------------------------------------------------------------------------
     def tokenize_fragments(self, texts: list[str]) -> list[list[int]]:
@@ -114,30 +122,34 @@ class PromptEncoder:
         return chunks
 
     # -- embeddings ----------------------------------------------------------------------------
-    def _encode_chunk(self, chunk: PromptChunk) -> torch.Tensor:
+    def _encode_chunk(self, chunk: PromptChunk) -> tuple[torch.Tensor, torch.Tensor | None]:
         pad = CHUNK_TOKENS - len(chunk.tokens)
         ids = [self.bos] + chunk.tokens + [self.eos] + [self.pad] * pad
         weights = [1.0] + chunk.weights + [1.0] * (pad + 1)
         ids_t = torch.tensor([ids], device=self.text_encoder.device)
-        z = self._encode_with_vectors(ids_t, chunk.fixes) if chunk.fixes else self._run_text_encoder(ids_t)
+        z, pooled = self._encode_with_vectors(ids_t, chunk.fixes) if chunk.fixes else self._run_text_encoder(ids_t)
         w = torch.tensor(weights, device=z.device, dtype=z.dtype)[None, :, None]
         if bool((w != 1).any()):
             original_mean = z.mean()
             z = z * w
             z = z * (original_mean / z.mean())
-        return z
+        return z, pooled
 
-    def _run_text_encoder(self, ids: torch.Tensor) -> torch.Tensor:
+    def _run_text_encoder(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(hidden states the UNet attends to, projected pooled output if the encoder has one)."""
         model = self.text_encoder
+        if self.layer == "penultimate":  # SDXL ignores clip skip, as A1111 does by default
+            out = model(ids, output_hidden_states=True)
+            return out.hidden_states[-2], getattr(out, "text_embeds", None)
         layers = model.config.num_hidden_layers
         if self.clip_skip > layers:
             raise ValueError(f"clip_skip: this checkpoint's text encoder has {layers} layers (got {self.clip_skip})")
         if self.clip_skip > 1:
             out = model(ids, output_hidden_states=True)
-            return getattr(model, "text_model", model).final_layer_norm(out.hidden_states[-self.clip_skip])
-        return model(ids).last_hidden_state
+            return getattr(model, "text_model", model).final_layer_norm(out.hidden_states[-self.clip_skip]), None
+        return model(ids).last_hidden_state, None
 
-    def _encode_with_vectors(self, ids: torch.Tensor, fixes: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+    def _encode_with_vectors(self, ids: torch.Tensor, fixes: list[tuple[int, torch.Tensor]]):
         """The text encoder's pass with some token embeddings replaced by textual-inversion vectors.
 
         CLIPTextModel takes token ids only, so a forward hook (PyTorch's own extension point; removed
@@ -160,8 +172,44 @@ class PromptEncoder:
     def encode(self, text: str) -> torch.Tensor:
         """[1, 77·n, width] conditioning for one prompt text."""
         if text not in self._cache:
-            self._cache[text] = torch.cat([self._encode_chunk(c) for c in self.chunks(text)], dim=1)
+            parts = [self._encode_chunk(c) for c in self.chunks(text)]
+            self._cache[text] = torch.cat([z for z, _ in parts], dim=1)
+            self._pooled[text] = parts[0][1]  # A1111: the pooled output of the first chunk
         return self._cache[text]
+
+    @torch.no_grad()
+    def pooled(self, text: str) -> torch.Tensor | None:
+        """[1, projection] pooled text embedding (encoders with a projection only), else None."""
+        self.encode(text)
+        return self._pooled[text]
+
+    @torch.no_grad()
+    def empty_chunk(self) -> torch.Tensor:
+        return self.encode("")[:, : CHUNK_TOKENS + 2]
+
+
+class DualPromptEncoder:
+    """SDXL's two text encoders behind PromptEncoder's interface: same chunks, features side by side."""
+
+    zero_empty_negative = True
+
+    def __init__(self, first: PromptEncoder, second: PromptEncoder):
+        self.first, self.second = first, second
+
+    @property
+    def used_embeddings(self) -> set[str]:
+        return self.first.used_embeddings | self.second.used_embeddings
+
+    @torch.no_grad()
+    def encode(self, text: str) -> torch.Tensor:
+        a, b = self.first.encode(text), self.second.encode(text)
+        if a.shape[1] != b.shape[1]:  # both see the same tokens; this would be a bug, not bad input
+            raise RuntimeError(f"the SDXL text encoders chunked the prompt differently ({a.shape[1]} vs {b.shape[1]})")
+        return torch.cat([a, b.to(a.dtype)], dim=-1)
+
+    @torch.no_grad()
+    def pooled(self, text: str) -> torch.Tensor | None:
+        return self.second.pooled(text)
 
     @torch.no_grad()
     def empty_chunk(self) -> torch.Tensor:
@@ -177,13 +225,29 @@ def pad_to_length(cond: torch.Tensor, length: int, empty: torch.Tensor) -> torch
 
 
 class ScheduledConditioning:
-    """Per-step conditioning for a batch of prompts (prompt editing and alternation resolved)."""
+    """Per-step conditioning for a batch of prompts (prompt editing and alternation resolved).
 
-    def __init__(self, encoder: PromptEncoder, prompts: list[str], steps: int):
+    `negative=True` marks the negative side: with SDXL an all-empty negative prompt gives zeros."""
+
+    def __init__(self, encoder: PromptEncoder | DualPromptEncoder, prompts: list[str], steps: int,
+                 negative: bool = False):
         self.encoder = encoder
         self.schedules = get_learned_conditioning_prompt_schedules(prompts, steps)
         self.is_static = all(len(s) == 1 for s in self.schedules)
+        self.negative = negative
         self._by_step: dict[tuple[str, ...], torch.Tensor] = {}
+
+    def _zeroed(self, texts: tuple[str, ...]) -> bool:
+        return self.negative and self.encoder.zero_empty_negative and all(t == "" for t in texts)
+
+    def pooled_at(self, step: int) -> torch.Tensor | None:
+        """[batch, projection] pooled embeddings at `step` (SDXL), or None for models without them."""
+        texts = self.texts_at(step)
+        pooled = [self.encoder.pooled(t) for t in texts]
+        if any(p is None for p in pooled):
+            return None
+        out = torch.cat(pooled, dim=0)
+        return torch.zeros_like(out) if self._zeroed(texts) else out
 
     def texts_at(self, step: int) -> tuple[str, ...]:
         """The prompt texts in force at 0-based `step` (first schedule entry whose end step is >= step)."""
@@ -204,7 +268,8 @@ class ScheduledConditioning:
             conds = [self.encoder.encode(t) for t in texts]
             target = max([c.shape[1] for c in conds] + [length or 0])
             empty = self.encoder.empty_chunk()
-            self._by_step[key] = torch.cat([pad_to_length(c, target, empty) for c in conds], dim=0)
+            out = torch.cat([pad_to_length(c, target, empty) for c in conds], dim=0)
+            self._by_step[key] = torch.zeros_like(out) if self._zeroed(texts) else out
         return self._by_step[key]
 
     def max_length(self, steps: int) -> int:

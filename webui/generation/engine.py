@@ -27,7 +27,7 @@ from webui.models.lora import LoraLibrary, activate_loras, extract_lora_tags
 from webui.models.loader import LoadedModel
 
 from . import masks as M
-from .conditioning import PromptEncoder, ScheduledConditioning
+from .conditioning import DualPromptEncoder, PromptEncoder, ScheduledConditioning
 from .noise import image_noise, pick_seed
 from .progress import NullProgress, ProgressSink
 from .requests import GenerationParams, Img2ImgRequest, Txt2ImgRequest
@@ -184,6 +184,21 @@ def prepare_img2img(req: Img2ImgRequest) -> _Prepared:
     return _Prepared(work, work_mask, work, overlay, None)
 
 
+def sdxl_added_conditioning(model: LoadedModel, req: GenerationParams, cond: ScheduledConditioning,
+                            uncond: ScheduledConditioning | None, step: int) -> dict | None:
+    """SDXL's extra UNet inputs: the pooled text embedding and the size/crop numbers (original size,
+    crop top-left, target size), here the picture's own size with no crop, as A1111 does."""
+    if model.unet.config.addition_embed_type != "text_time":
+        return None
+    pooled = cond.pooled_at(step)
+    if uncond is not None:
+        pooled = torch.cat([uncond.pooled_at(step), pooled])
+    ids = torch.tensor([[req.height, req.width, 0, 0, req.height, req.width]], dtype=torch.float32)
+    dtype = model.dtype
+    return {"text_embeds": pooled.to(model.device, dtype),
+            "time_ids": ids.repeat(pooled.shape[0], 1).to(model.device, dtype)}
+
+
 class Engine:
     """Holds no model: every call gets the model and request it works on. The embeddings library is
     shared (read-only here) so prompts can name textual-inversion embeddings."""
@@ -192,9 +207,18 @@ class Engine:
         self.embeddings = embeddings
         self.loras = loras
 
-    def prompt_encoder(self, model: LoadedModel, clip_skip: int) -> PromptEncoder:
-        library = self.embeddings.snapshot() if self.embeddings is not None else None
-        return PromptEncoder(model.tokenizer, model.text_encoder, clip_skip, embeddings=library)
+    def prompt_encoder(self, model: LoadedModel, clip_skip: int) -> PromptEncoder | DualPromptEncoder:
+        library = self.embeddings.snapshot() if self.embeddings is not None else {}
+        if model.text_encoder_2 is None:
+            return PromptEncoder(model.tokenizer, model.text_encoder, clip_skip, embeddings=library)
+        # SDXL: an embedding is usable only with vectors for both encoders (clip_l and clip_g), or
+        # the two would chunk the prompt differently
+        widths = (model.text_encoder.config.hidden_size, model.text_encoder_2.config.hidden_size)
+        both = {n: e for n, e in library.items() if all(e.for_width(w) is not None for w in widths)}
+        return DualPromptEncoder(
+            PromptEncoder(model.tokenizer, model.text_encoder, clip_skip, embeddings=both, layer="penultimate"),
+            PromptEncoder(model.tokenizer_2, model.text_encoder_2, clip_skip, embeddings=both, layer="penultimate"),
+        )
 
     def _extra_params(self, encoder: PromptEncoder, loras: list) -> dict:
         extra = {}
@@ -290,7 +314,7 @@ class Engine:
         loras = activate_loras(model, self.loras, uses) if self.loras is not None else []
         encoder = self.prompt_encoder(model, req.clip_skip)
         cond = ScheduledConditioning(encoder, [prompt] * req.batch_size, req.steps)
-        uncond = ScheduledConditioning(encoder, [negative] * req.batch_size, req.steps)
+        uncond = ScheduledConditioning(encoder, [negative] * req.batch_size, req.steps, negative=True)
         images, infotexts, seeds, subseeds = [], [], [], []
         interrupted = False
         for n in range(req.n_iter):
@@ -360,7 +384,9 @@ class Engine:
                 model_in = torch.cat([model_in, torch.cat([extra, extra]) if guided else extra], dim=1)
             c = cond.at(step, length)
             context = torch.cat([uncond.at(step, length), c]) if guided else c
-            pred = model.unet(model_in.to(dtype), t, encoder_hidden_states=context.to(dtype)).sample.float()
+            added = sdxl_added_conditioning(model, req, cond, uncond if guided else None, step)
+            pred = model.unet(model_in.to(dtype), t, encoder_hidden_states=context.to(dtype),
+                              added_cond_kwargs=added).sample.float()
             if guided:
                 pred_uncond, pred_cond = pred.chunk(2)
                 pred = pred_uncond + req.cfg_scale * (pred_cond - pred_uncond)

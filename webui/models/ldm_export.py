@@ -1,4 +1,4 @@
-"""Diffusers components -> one state dict in the original LDM (SD1.x single-file) key layout.
+"""Diffusers components -> one state dict in the original LDM single-file key layout (SD1.x, SD2.x, SDXL).
 
 This is the exact inverse of diffusers' `convert_ldm_unet_checkpoint`,
 `convert_ldm_vae_checkpoint` and `convert_ldm_clip_checkpoint`
@@ -8,7 +8,12 @@ converters use, so any SD1.x-topology size works (any number of blocks, any
 `layers_per_block`, attention in some blocks only, 4 or 9 input channels, VAE with any
 number of blocks).
 
-Used both to ship Easel's demo checkpoint and by the tests to write tiny SD1.x files.
+Text encoders: SD1's CLIP under `cond_stage_model.transformer.`; SD2's OpenCLIP under
+`cond_stage_model.model.` (fused q/k/v `in_proj`, `text_projection` stored transposed), the exact
+inverse of diffusers' `convert_open_clip_checkpoint`; SDXL's pair under
+`conditioner.embedders.0.transformer.` and `conditioner.embedders.1.model.`.
+
+Used both to ship Easel's demo checkpoint and by the tests to write tiny files of every family.
 """
 from __future__ import annotations
 
@@ -26,7 +31,18 @@ VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = LDM_CLIP_PREFIX_TO_REMOVE[0]  # "cond_stage_model.transformer."
 
 # Inverse of the fixed-name tables the converters read.
-_UNET_FIXED = dict(DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"])
+_UNET_FIXED = {**DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"], **DIFFUSERS_TO_LDM_MAPPING["unet"]["addition_embed_type"]}
+OPENCLIP_PREFIX = "cond_stage_model.model."
+XL_CLIP_PREFIX = LDM_CLIP_PREFIX_TO_REMOVE[1]  # "conditioner.embedders.0.transformer."
+XL_OPENCLIP_PREFIX = "conditioner.embedders.1.model."
+_OPENCLIP_FIXED = {
+    "embeddings.token_embedding.weight": "token_embedding.weight",
+    "embeddings.position_embedding.weight": "positional_embedding",
+    "final_layer_norm.weight": "ln_final.weight",
+    "final_layer_norm.bias": "ln_final.bias",
+}
+_OPENCLIP_LAYER = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+                   "self_attn.out_proj": "attn.out_proj"}
 _VAE_FIXED = dict(DIFFUSERS_TO_LDM_MAPPING["vae"])
 
 # Inverse of `update_unet_resnet_ldm_to_diffusers`' renames (applied to the first
@@ -183,18 +199,55 @@ def ldm_clip_to_text_model(converted: dict[str, torch.Tensor], text_encoder) -> 
     return out
 
 
-def export_ldm_state_dict(unet, vae, text_encoder) -> dict[str, torch.Tensor]:
-    """One SD1.x single-file state dict from diffusers/transformers modules."""
+def openclip_to_ldm(clip_sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """CLIPTextModel(WithProjection) state dict -> open_clip's text-tower keys under `prefix`."""
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    for k, v in clip_sd.items():
+        k = k[len("text_model."):] if k.startswith("text_model.") else k
+        if k.endswith("position_ids"):
+            continue
+        if k == "text_projection.weight":
+            out[prefix + "text_projection"] = v.T.contiguous()
+            continue
+        if k in _OPENCLIP_FIXED:
+            out[prefix + _OPENCLIP_FIXED[k]] = v
+            continue
+        m = re.fullmatch(r"encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)", k)
+        if m:
+            qkv.setdefault((int(m[1]), m[3]), {})[m[2]] = v
+            continue
+        m = re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)", k)
+        if not m:
+            raise KeyError(f"no open_clip name for text-encoder key {k!r}")
+        out[f"{prefix}transformer.resblocks.{m[1]}.{_rename_first(m[2], _OPENCLIP_LAYER)}"] = v
+    for (layer, kind), parts in qkv.items():
+        out[f"{prefix}transformer.resblocks.{layer}.attn.in_proj_{kind}"] = torch.cat([parts[c] for c in "qkv"])
+    return out
+
+
+def export_ldm_state_dict(unet, vae, text_encoder, text_encoder_2=None, family: str = "sd1") -> dict[str, torch.Tensor]:
+    """One single-file state dict from diffusers/transformers modules.
+
+    family "sd1": CLIP text encoder; "sd2": `text_encoder` written as OpenCLIP (give it one layer
+    more than the model should use: SD2 files carry the last layer, the loader drops it); "sdxl":
+    `text_encoder` (CLIP ViT-L) + `text_encoder_2` (OpenCLIP with projection)."""
     lpb = _config(unet)["layers_per_block"]
     if not isinstance(lpb, int):
-        raise ValueError("per-block layers_per_block lists have no SD1.x layout")
+        raise ValueError("per-block layers_per_block lists have no original layout")
+    if family == "sd1":
+        text = [clip_to_ldm(text_encoder.state_dict())]
+    elif family == "sd2":
+        text = [openclip_to_ldm(text_encoder.state_dict(), OPENCLIP_PREFIX)]
+    elif family == "sdxl":
+        if text_encoder_2 is None:
+            raise ValueError("an SDXL checkpoint needs both text encoders")
+        first = {XL_CLIP_PREFIX + k[len(CLIP_PREFIX):]: v for k, v in clip_to_ldm(text_encoder.state_dict()).items()}
+        text = [first, openclip_to_ldm(text_encoder_2.state_dict(), XL_OPENCLIP_PREFIX)]
+    else:
+        raise ValueError(f"unknown family {family!r}")
     sd: dict[str, torch.Tensor] = {}
-    parts = (
-        unet_to_ldm(unet.state_dict(), lpb),
-        vae_to_ldm(vae.state_dict()),
-        clip_to_ldm(text_encoder.state_dict()),
-    )
-    for part in parts:
+    for part in (unet_to_ldm(unet.state_dict(), lpb), vae_to_ldm(vae.state_dict()), *text):
         for k, v in part.items():
             if k in sd:
                 raise KeyError(f"duplicate LDM key {k!r}")
@@ -209,12 +262,14 @@ def save_ldm_checkpoint(
     text_encoder,
     metadata: dict[str, str] | None = None,
     dtype: torch.dtype | None = None,
+    text_encoder_2=None,
+    family: str = "sd1",
 ) -> Path:
     """Write the LDM-layout checkpoint as .safetensors, atomically (temp file + os.replace)."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    sd = export_ldm_state_dict(unet, vae, text_encoder)
+    sd = export_ldm_state_dict(unet, vae, text_encoder, text_encoder_2, family)
     tensors = {}
     for k, v in sd.items():
         v = v.detach().to("cpu")

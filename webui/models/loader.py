@@ -8,32 +8,42 @@ one read of the file. Nothing here touches the network: configs and the tokenize
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
+import yaml
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import (
     convert_ldm_clip_checkpoint,
     convert_ldm_unet_checkpoint,
     convert_ldm_vae_checkpoint,
+    convert_open_clip_checkpoint,
     create_unet_diffusers_config_from_ldm,
     create_vae_diffusers_config_from_ldm,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 from transformers.initialization import no_init_weights
 
 from .catalog import CheckpointInfo
 from .checkpoint_io import read_safetensors_metadata, read_state_dict
 from .errors import ModelError
-from .families import ModelFamily, detect_family, exact_widths, normalise_keys, text_encoder_config
+from .families import (
+    OPENCLIP_PREFIX, XL_CLIP_PREFIX, XL_OPENCLIP_PREFIX, ModelFamily, detect_family, exact_widths,
+    normalise_keys, openclip_layers, sdxl_embedding_config, text_encoder_config,
+)
 from .tokenizers import load_clip_tokenizer
 
 log = logging.getLogger(__name__)
 CONFIGS = Path(__file__).resolve().parent / "configs"
+CONFIG_DIRS = {"sd1": CONFIGS / "sd15", "sd2": CONFIGS / "sd2", "sdxl": CONFIGS / "sdxl"}
+# SD2's and SDXL's second tokenizer pad with "!" (id 0), as OpenCLIP does; SD1's with <|endoftext|>
+OPENCLIP_PAD = "!"
 
 
 @dataclass
@@ -54,6 +64,8 @@ class LoadedModel:
     own_vae: AutoencoderKL | None = None  # the checkpoint's VAE while another one is selected
     vae_file: object | None = None  # the models/VAE file in use (None = the checkpoint's own)
     loras: dict = field(default_factory=dict)  # LoRA name -> file, injected as peft adapters
+    text_encoder_2: CLIPTextModelWithProjection | None = None  # SDXL's OpenCLIP bigG
+    tokenizer_2: CLIPTokenizer | None = None
 
     @property
     def vae_scale_factor(self) -> int:
@@ -63,9 +75,17 @@ class LoadedModel:
     def latent_channels(self) -> int:
         return self.vae.config.latent_channels
 
+    @property
+    def text_encoders(self) -> list[tuple[str, torch.nn.Module]]:
+        """(diffusers' LoRA prefix, module) for each text encoder."""
+        out = [("text_encoder", self.text_encoder)]
+        if self.text_encoder_2 is not None:
+            out.append(("text_encoder_2", self.text_encoder_2))
+        return out
+
     def modules(self) -> list[torch.nn.Module]:
         extra = [self.own_vae] if self.own_vae is not None and self.own_vae is not self.vae else []
-        return [self.unet, self.vae, self.text_encoder, *extra]
+        return [self.unet, self.vae, *(m for _, m in self.text_encoders), *extra]
 
 
 def _json(path: Path) -> dict:
@@ -90,7 +110,8 @@ def _assign(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, 
 
 
 def _match_text_encoder_keys(state: dict[str, torch.Tensor], module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """transformers 5's CLIPTextModel has no `text_model.` level; older layouts do. Match the module."""
+    """transformers 5's CLIPTextModel has no `text_model.` level; older layouts do. Match the module
+    (keys the module does not have, such as the OpenCLIP layer SD2 never uses, are left out)."""
     own = set(module.state_dict())
     out = {}
     for k, v in state.items():
@@ -110,72 +131,172 @@ def _size_from_metadata(meta: dict[str, str], fallback: tuple[int, int]) -> tupl
         return fallback
 
 
+def family_default_size(family: ModelFamily) -> tuple[int, int]:
+    if family.name == "sdxl":
+        return (1024, 1024)
+    if family.name == "sd2" and family.prediction_type == "v_prediction":
+        return (768, 768)
+    return (512, 512)
+
+
+def read_yaml_override(path: Path) -> dict | None:
+    """`<name>.yaml` beside a checkpoint (A1111's convention), or None. Parsed safely (no tags)."""
+    candidate = path.with_suffix(".yaml")
+    if not candidate.is_file():
+        return None
+    try:
+        data = yaml.safe_load(candidate.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ModelError(f"{candidate.name}: not a readable YAML config ({type(e).__name__})") from e
+    if not isinstance(data, dict):
+        raise ModelError(f"{candidate.name}: not an LDM config (expected a mapping with model.params)")
+    return data
+
+
+@dataclass
+class _TextEncoderPlan:
+    cls: type
+    config: dict
+    state: dict[str, torch.Tensor]
+    what: str
+
+
+def _text_encoder_plans(sd: dict[str, torch.Tensor], family: ModelFamily) -> list[_TextEncoderPlan]:
+    """The text encoder(s) in transformers' layout, each with its config sized from the tensors."""
+    configs = CONFIG_DIRS[family.name]
+    if family.name == "sd1":
+        state = convert_ldm_clip_checkpoint(sd)
+        return [_TextEncoderPlan(CLIPTextModel, text_encoder_config(state, _json(configs / "text_encoder" / "config.json")),
+                                 state, "text encoder")]
+    if family.name == "sd2":
+        width = sd[f"{OPENCLIP_PREFIX}token_embedding.weight"].shape[1]
+        state = convert_open_clip_checkpoint(SimpleNamespace(config=SimpleNamespace(hidden_size=width)), sd,
+                                             prefix=OPENCLIP_PREFIX)
+        # SD2 conditions on the penultimate layer: the last one is left out, as in diffusers' SD2 folders
+        layers = openclip_layers(sd, OPENCLIP_PREFIX) - 1
+        if layers < 1:
+            raise ModelError("the OpenCLIP text encoder has fewer than 2 layers")
+        cfg = text_encoder_config(state, _json(configs / "text_encoder" / "config.json"), layers=layers)
+        return [_TextEncoderPlan(CLIPTextModel, cfg, state, "text encoder")]
+    first = convert_ldm_clip_checkpoint(sd, XL_CLIP_PREFIX)
+    first = {k: v for k, v in first.items() if not k.startswith("conditioner.")}
+    width = sd[f"{XL_OPENCLIP_PREFIX}positional_embedding"].shape[1]
+    second = convert_open_clip_checkpoint(SimpleNamespace(config=SimpleNamespace(hidden_size=width)), sd,
+                                          prefix=XL_OPENCLIP_PREFIX)
+    return [
+        _TextEncoderPlan(CLIPTextModel, text_encoder_config(first, _json(configs / "text_encoder" / "config.json")),
+                         first, "first text encoder"),
+        _TextEncoderPlan(CLIPTextModelWithProjection,
+                         text_encoder_config(second, _json(configs / "text_encoder_2" / "config.json")),
+                         second, "second text encoder"),
+    ]
+
+
+def _cast(state: dict, dtype: torch.dtype) -> dict:
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+
+
 def load_single_file(info: CheckpointInfo, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     sd = normalise_keys(read_state_dict(info.path))
-    family = detect_family(sd, info.path.name)
+    meta = read_safetensors_metadata(info.path) if info.path.suffix == ".safetensors" else {}
+    family = detect_family(sd, info.path.name, meta, read_yaml_override(info.path))
     cfg = family.original_config
     try:
         params = cfg["model"]["params"]
-        unet_cfg = exact_widths(create_unet_diffusers_config_from_ldm(cfg, sd), params["unet_config"]["params"])
+        unet_params = params["unet_config"]["params"]
+        unet_cfg = exact_widths(create_unet_diffusers_config_from_ldm(cfg, sd), unet_params)
+        if family.name == "sdxl":
+            unet_cfg.update(sdxl_embedding_config(sd, unet_params))
+        if family.name == "sd2":
+            unet_cfg["upcast_attention"] = True  # as diffusers' SD2.1 config (fp16 attention overflows otherwise)
         vae_cfg = exact_widths(create_vae_diffusers_config_from_ldm(cfg, sd),
                                params["first_stage_config"]["params"]["ddconfig"])
         unet_sd = convert_ldm_unet_checkpoint(sd, unet_cfg)
         vae_sd = convert_ldm_vae_checkpoint(sd, vae_cfg)
-        clip_sd = convert_ldm_clip_checkpoint(sd)
+        plans = _text_encoder_plans(sd, family)
+    except ModelError as e:
+        raise ModelError(f"{info.path.name}: {e}") from e
     except (KeyError, IndexError, ValueError, RuntimeError) as e:
         raise ModelError(f"{info.path.name}: unknown layout; could not convert it ({type(e).__name__}: {e})") from e
     del sd
-    te_cfg = CLIPTextConfig(**text_encoder_config(
-        {"cond_stage_model.transformer." + k: v for k, v in clip_sd.items()},
-        _json(CONFIGS / "sd15" / "text_encoder" / "config.json"),
-    ))
     with init_empty_weights(), no_init_weights():  # every weight is assigned below: skip random init
         unet = UNet2DConditionModel.from_config(unet_cfg)
         vae = AutoencoderKL.from_config(vae_cfg)
-        text_encoder = CLIPTextModel(te_cfg)
+        encoders = [plan.cls(CLIPTextConfig(**plan.config)) for plan in plans]
 
-    def cast(state: dict) -> dict:
-        return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-
-    _assign(unet, cast(unet_sd), "UNet", info.path.name)
-    _assign(vae, cast(vae_sd), "VAE", info.path.name)
-    clip_sd = _match_text_encoder_keys(clip_sd, text_encoder)
-    _assign(text_encoder, cast(clip_sd), "text encoder", info.path.name)
-    meta = read_safetensors_metadata(info.path) if info.path.suffix == ".safetensors" else {}
-    sched = _json(CONFIGS / "sd15" / "scheduler" / "scheduler_config.json")
-    sched["prediction_type"] = family.prediction_type
-    return _finish(LoadedModel(
-        info=info, family=family, unet=unet, vae=vae, text_encoder=text_encoder,
-        tokenizer=load_clip_tokenizer(), scheduler_config=sched, device=device, dtype=dtype,
-        default_size=_size_from_metadata(meta, (512, 512)), metadata=meta,
+    _assign(unet, _cast(unet_sd, dtype), "UNet", info.path.name)
+    _assign(vae, _cast(vae_sd, dtype), "VAE", info.path.name)
+    for plan, module in zip(plans, encoders):
+        _assign(module, _cast(_match_text_encoder_keys(plan.state, module), dtype), plan.what, info.path.name)
+    sched = _json(CONFIG_DIRS[family.name] / "scheduler" / "scheduler_config.json")
+    model = _finish(LoadedModel(
+        info=info, family=family, unet=unet, vae=vae, text_encoder=encoders[0],
+        tokenizer=load_clip_tokenizer(OPENCLIP_PAD if family.name == "sd2" else None),
+        scheduler_config=sched, device=device, dtype=dtype, metadata=meta,
+        text_encoder_2=encoders[1] if len(encoders) > 1 else None,
+        tokenizer_2=load_clip_tokenizer(OPENCLIP_PAD) if len(encoders) > 1 else None,
     ))
+    if not family.prediction_type:
+        v = predicts_v(model.unet)
+        model.family = dataclasses.replace(family, prediction_type="v_prediction" if v else "epsilon")
+        log.info("%s: no prediction type given; the UNet probe says %s", info.path.name, model.family.prediction_type)
+    model.scheduler_config["prediction_type"] = model.family.prediction_type
+    model.default_size = _size_from_metadata(meta, family_default_size(model.family))
+    return model
+
+
+@torch.no_grad()
+def predicts_v(unet: UNet2DConditionModel) -> bool:
+    """Whether an SD2 UNet was trained for v-prediction, judged as A1111 does: at t=999 the input is
+    almost pure noise, so an epsilon model predicts roughly its input while a v model predicts
+    about -x0, far below it."""
+    p = next(unet.parameters())
+    x = torch.full((1, unet.config.in_channels, 8, 8), 0.5, device=p.device, dtype=p.dtype)
+    context = torch.full((1, 2, unet.config.cross_attention_dim), 0.5, device=p.device, dtype=p.dtype)
+    t = torch.tensor([999], device=p.device)
+    out = unet(x, t, encoder_hidden_states=context).sample.float()
+    return bool((out - x[:, : out.shape[1]].float()).mean() < -1)
 
 
 def load_diffusers_folder(info: CheckpointInfo, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     root = info.path
     common = {"local_files_only": True, "torch_dtype": dtype}
+    xl = (root / "text_encoder_2").is_dir()
     try:
         unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", **common)
         vae = AutoencoderKL.from_pretrained(root, subfolder="vae", **common)
         text_encoder = CLIPTextModel.from_pretrained(root / "text_encoder", local_files_only=True, dtype=dtype)
-        tokenizer = (
-            CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
-            if (root / "tokenizer" / "vocab.json").is_file() else load_clip_tokenizer()
-        )
+        sd2 = not xl and text_encoder.config.hidden_act == "gelu"  # OpenCLIP; OpenAI CLIP uses quick_gelu
+        tokenizer = _folder_tokenizer(root / "tokenizer", OPENCLIP_PAD if sd2 else None)
+        text_encoder_2 = tokenizer_2 = None
+        if xl:
+            text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
+                root / "text_encoder_2", local_files_only=True, dtype=dtype)
+            tokenizer_2 = _folder_tokenizer(root / "tokenizer_2", OPENCLIP_PAD)
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise ModelError(f"{info.name}: not a loadable diffusers folder ({type(e).__name__}: {e})") from e
+    name = "sdxl" if xl else "sd2" if sd2 else "sd1"
     sched_file = root / "scheduler" / "scheduler_config.json"
-    sched = _json(sched_file if sched_file.is_file() else CONFIGS / "sd15" / "scheduler" / "scheduler_config.json")
+    sched = _json(sched_file if sched_file.is_file() else CONFIG_DIRS[name] / "scheduler" / "scheduler_config.json")
     family = ModelFamily(
-        name="sd1", inpainting=unet.config.in_channels == 9,
-        prediction_type=sched.get("prediction_type", "epsilon"), original_config={},
+        name=name, inpainting=unet.config.in_channels == 9,
+        prediction_type=sched.get("prediction_type", "epsilon"), original_config={}, prediction_source="config",
     )
     size = unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1)
+    largest = family_default_size(family)
     return _finish(LoadedModel(
         info=info, family=family, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
         scheduler_config=sched, device=device, dtype=dtype,
-        default_size=(512, 512) if size >= 512 else (size, size),
+        default_size=largest if size >= largest[0] else (size, size),
+        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
     ))
+
+
+def _folder_tokenizer(folder: Path, pad: str | None) -> CLIPTokenizer:
+    """The folder's own tokenizer when it has one; Easel's shipped one otherwise."""
+    if (folder / "vocab.json").is_file():
+        return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+    return load_clip_tokenizer(pad)
 
 
 def _finish(model: LoadedModel) -> LoadedModel:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.loaders.lora_base import set_adapters_for_text_encoder
 from diffusers.utils.peft_utils import set_adapter_layers
 
@@ -82,15 +82,18 @@ def _adapter(name: str) -> str:
 
 def _inject(model, f: LoraFile) -> None:
     source = str(f.path) if f.path.suffix == ".safetensors" else read_state_dict(f.path)
+    # SDXL files name two text encoders (kohya's lora_te1_/lora_te2_); diffusers' SDXL loader maps both
+    pipeline = StableDiffusionXLPipeline if model.text_encoder_2 is not None else StableDiffusionPipeline
+    prefixes = tuple(prefix + "." for prefix, _ in model.text_encoders)
     try:
-        state, alphas = StableDiffusionPipeline.lora_state_dict(source)
-        if not any(k.startswith(("unet.", "text_encoder.")) for k in state):
+        state, alphas = pipeline.lora_state_dict(source)
+        if not any(k.startswith(("unet.", *prefixes)) for k in state):
             raise ValueError("no LoRA weights for a UNet or text encoder in it")
-        StableDiffusionPipeline.load_lora_into_unet(dict(state), alphas, unet=model.unet, adapter_name=_adapter(f.name))
-        if any(k.startswith("text_encoder.") for k in state):
-            StableDiffusionPipeline.load_lora_into_text_encoder(
-                dict(state), alphas, text_encoder=model.text_encoder, prefix="text_encoder",
-                adapter_name=_adapter(f.name))
+        pipeline.load_lora_into_unet(dict(state), alphas, unet=model.unet, adapter_name=_adapter(f.name))
+        for prefix, encoder in model.text_encoders:
+            if any(k.startswith(prefix + ".") for k in state):
+                pipeline.load_lora_into_text_encoder(dict(state), alphas, text_encoder=encoder, prefix=prefix,
+                                                     adapter_name=_adapter(f.name))
     except (ValueError, KeyError, RuntimeError, TypeError, OSError) as e:
         raise ModelError(f"{f.path.name}: not a LoRA this model can use ({type(e).__name__}: "
                          f"{str(e).splitlines()[0][:200] if str(e) else ''})") from e
@@ -108,19 +111,21 @@ def activate_loras(model, library: LoraLibrary, uses: list[LoraUse]) -> list[Lor
         return files
     if not uses:
         set_adapter_layers(model.unet, enabled=False)
-        if _has_adapters(model.text_encoder):
-            set_adapter_layers(model.text_encoder, enabled=False)
+        for _, encoder in model.text_encoders:
+            if _has_adapters(encoder):
+                set_adapter_layers(encoder, enabled=False)
         return files
     names = [_adapter(u.name) for u in uses]
     weights = [u.weight for u in uses]
     set_adapter_layers(model.unet, enabled=True)
     model.unet.set_adapters(names, weights)
-    te_names = [(n, w) for n, w in zip(names, weights) if n in _adapters_of(model.text_encoder)]
-    if te_names:
-        set_adapter_layers(model.text_encoder, enabled=True)
-        set_adapters_for_text_encoder([n for n, _ in te_names], model.text_encoder, [w for _, w in te_names])
-    elif _has_adapters(model.text_encoder):
-        set_adapter_layers(model.text_encoder, enabled=False)
+    for _, encoder in model.text_encoders:
+        te_names = [(n, w) for n, w in zip(names, weights) if n in _adapters_of(encoder)]
+        if te_names:
+            set_adapter_layers(encoder, enabled=True)
+            set_adapters_for_text_encoder([n for n, _ in te_names], encoder, [w for _, w in te_names])
+        elif _has_adapters(encoder):
+            set_adapter_layers(encoder, enabled=False)
     return files
 
 
