@@ -6,7 +6,7 @@ request names from the manager, run the engine, save the images with their infot
 """
 from __future__ import annotations
 
-import importlib.util
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,8 @@ from webui.models.errors import ModelError
 from webui.models.loader import LoadedModel
 from webui.models.lora import LoraLibrary
 from webui.models.manager import ModelManager, TierBudget
+from webui.models.speed import prepare as prepare_for_speed
+from webui.models.speed import xformers_problem
 from webui.models.vae import VaeLibrary, apply_vae
 from webui.settings import Settings
 
@@ -39,15 +41,6 @@ class SavedResult:
     paths: list[Path] = field(default_factory=list)
 
 
-def xformers_problem(settings: Settings) -> str | None:
-    """Why xformers cannot be used here, or None when it can."""
-    if settings.device.type != "cuda":
-        return f"xformers needs CUDA and the device is {settings.device.type}"
-    if importlib.util.find_spec("xformers") is None:
-        return "xformers is not installed (pip install xformers)"
-    return None
-
-
 class Easel:
     def __init__(self, settings: Settings, manager: ModelManager, queue: JobQueue, engine: Engine, store: ImageStore):
         self.settings = settings
@@ -56,13 +49,12 @@ class Easel:
         self.engine = engine
         self.store = store
         self.vaes = VaeLibrary(settings.models_dir / "VAE")
-        self.use_xformers = False
-        if settings.xformers:
-            problem = xformers_problem(settings)
+        self.speed = settings.speed
+        if self.speed.attention == "xformers":
+            problem = xformers_problem(settings.device)
             if problem:
                 log.warning("--xformers: %s; using PyTorch SDPA attention instead", problem)
-            else:
-                self.use_xformers = True
+                self.speed = dataclasses.replace(self.speed, attention="sdpa")
 
     @classmethod
     def create(cls, settings: Settings) -> "Easel":
@@ -74,6 +66,7 @@ class Easel:
             device_budget=TierBudget(settings.models_on_device, settings.device_cache_gb),
             ram_budget=TierBudget(settings.models_in_ram, settings.ram_cache_gb),
             preferred=settings.ckpt,
+            offload=settings.speed.offloads,
         )
         embeddings = EmbeddingLibrary(settings.models_dir / "embeddings")
         embeddings.refresh()
@@ -95,9 +88,7 @@ class Easel:
         """The checkpoint on the device with the chosen VAE (see webui.models.vae) in place."""
         model = self.manager.get(name)
         apply_vae(model, self.vaes, vae)
-        if self.use_xformers:
-            model.unet.enable_xformers_memory_efficient_attention()
-            model.vae.enable_xformers_memory_efficient_attention()
+        prepare_for_speed(model, self.speed)
         return model
 
     def default_size_for(self, name: str | None) -> tuple[int, int]:

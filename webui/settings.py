@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from webui.models.speed import SpeedOptions
+
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -38,6 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--no-half", action="store_true", help="keep models in fp32 (same as --precision fp32)")
     dev.add_argument("--xformers", action="store_true",
                      help="use xformers attention when installed and on CUDA, else PyTorch SDPA (the default)")
+    dev.add_argument("--opt-sdp-attention", action="store_true",
+                     help="PyTorch scaled-dot-product attention (the default; accepted for A1111 compatibility)")
+    dev.add_argument("--opt-channelslast", action="store_true",
+                     help="channels-last memory format for the UNet and VAE (off by default; see bench/RESULTS.md)")
+    dev.add_argument("--compile", action="store_true",
+                     help="torch.compile the UNet (first image at each size pays the compilation; off by default)")
+    vram = dev.add_mutually_exclusive_group()
+    vram.add_argument("--medvram", action="store_true",
+                      help="keep models in RAM and move only the running part (text encoder, UNet, VAE) to the GPU")
+    vram.add_argument("--lowvram", action="store_true",
+                      help="stream weights to the GPU layer by layer (least VRAM, slowest)")
     dev.add_argument("--models-on-device", type=int, default=1, metavar="N",
                      help="checkpoints kept on the GPU at once (default 1)")
     dev.add_argument("--models-in-ram", type=int, default=1, metavar="N",
@@ -147,6 +160,7 @@ class Settings:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
     xformers: bool = False
+    speed: SpeedOptions = field(default_factory=SpeedOptions)
     models_on_device: int = 1
     models_in_ram: int = 1
     device_cache_gb: float | None = None
@@ -224,6 +238,12 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         device=device,
         dtype=pick_dtype(args.precision, args.no_half, device),
         xformers=args.xformers,
+        speed=SpeedOptions(
+            offload="sequential" if args.lowvram else "model" if args.medvram else "none",
+            attention="xformers" if args.xformers else "sdpa",
+            channels_last=args.opt_channelslast,
+            compile_unet=args.compile,
+        ),
         models_on_device=max(1, args.models_on_device),
         models_in_ram=max(0, args.models_in_ram),
         device_cache_gb=args.device_cache_gb,

@@ -43,9 +43,12 @@ class PromptEncoder:
     zero_empty_negative = False  # SD1/SD2 encode an empty negative prompt like any other text
 
     def __init__(self, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, clip_skip: int = 1,
-                 embeddings: dict[str, Embedding] | None = None, layer: str = "last"):
+                 embeddings: dict[str, Embedding] | None = None, layer: str = "last",
+                 device: torch.device | None = None):
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
+        # where the encoder runs; with --lowvram its own parameters sit on the meta device
+        self.device = device if device is not None else text_encoder.device
         self.clip_skip = clip_skip
         self.layer = layer  # "last" (SD1/SD2, clip skip applies) | "penultimate" (SDXL: raw hidden state)
         width = text_encoder.config.hidden_size
@@ -126,7 +129,7 @@ class PromptEncoder:
         pad = CHUNK_TOKENS - len(chunk.tokens)
         ids = [self.bos] + chunk.tokens + [self.eos] + [self.pad] * pad
         weights = [1.0] + chunk.weights + [1.0] * (pad + 1)
-        ids_t = torch.tensor([ids], device=self.text_encoder.device)
+        ids_t = torch.tensor([ids], device=self.device)
         z, pooled = self._encode_with_vectors(ids_t, chunk.fixes) if chunk.fixes else self._run_text_encoder(ids_t)
         w = torch.tensor(weights, device=z.device, dtype=z.dtype)[None, :, None]
         if bool((w != 1).any()):

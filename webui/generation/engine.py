@@ -132,6 +132,10 @@ def latents_to_images(model: LoadedModel, latents: torch.Tensor) -> list[Image.I
     vae = model.vae
     decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
     if vae.dtype == torch.float16 and torch.isnan(decoded).any():
+        if next(vae.parameters()).is_meta:  # --lowvram streams fp16 weights: no fp32 copy to decode with
+            log.warning("the VAE produced NaNs in fp16; with --lowvram it cannot be re-run in fp32 (use --no-half "
+                        "or another VAE)")
+            return _to_images(decoded)
         # some VAEs overflow in fp16 (A1111's "NaNs in VAE"): decode once more in fp32
         log.warning("the VAE produced NaNs in fp16; decoding again in fp32")
         vae.to(torch.float32)
@@ -139,6 +143,10 @@ def latents_to_images(model: LoadedModel, latents: torch.Tensor) -> list[Image.I
             decoded = vae.decode(latents.float() / vae.config.scaling_factor).sample
         finally:
             vae.to(torch.float16)
+    return _to_images(decoded)
+
+
+def _to_images(decoded: torch.Tensor) -> list[Image.Image]:
     arr = ((decoded.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
     arr = arr.permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(np.ascontiguousarray(a)) for a in arr]
@@ -210,14 +218,17 @@ class Engine:
     def prompt_encoder(self, model: LoadedModel, clip_skip: int) -> PromptEncoder | DualPromptEncoder:
         library = self.embeddings.snapshot() if self.embeddings is not None else {}
         if model.text_encoder_2 is None:
-            return PromptEncoder(model.tokenizer, model.text_encoder, clip_skip, embeddings=library)
+            return PromptEncoder(model.tokenizer, model.text_encoder, clip_skip, embeddings=library,
+                                 device=model.device)
         # SDXL: an embedding is usable only with vectors for both encoders (clip_l and clip_g), or
         # the two would chunk the prompt differently
         widths = (model.text_encoder.config.hidden_size, model.text_encoder_2.config.hidden_size)
         both = {n: e for n, e in library.items() if all(e.for_width(w) is not None for w in widths)}
         return DualPromptEncoder(
-            PromptEncoder(model.tokenizer, model.text_encoder, clip_skip, embeddings=both, layer="penultimate"),
-            PromptEncoder(model.tokenizer_2, model.text_encoder_2, clip_skip, embeddings=both, layer="penultimate"),
+            PromptEncoder(model.tokenizer, model.text_encoder, clip_skip, embeddings=both, layer="penultimate",
+                          device=model.device),
+            PromptEncoder(model.tokenizer_2, model.text_encoder_2, clip_skip, embeddings=both, layer="penultimate",
+                          device=model.device),
         )
 
     def _extra_params(self, encoder: PromptEncoder, loras: list) -> dict:

@@ -66,6 +66,7 @@ class LoadedModel:
     loras: dict = field(default_factory=dict)  # LoRA name -> file, injected as peft adapters
     text_encoder_2: CLIPTextModelWithProjection | None = None  # SDXL's OpenCLIP bigG
     tokenizer_2: CLIPTokenizer | None = None
+    speed_state: dict = field(default_factory=dict, repr=False)  # what webui.models.speed applied
 
     @property
     def vae_scale_factor(self) -> int:
@@ -139,10 +140,10 @@ def family_default_size(family: ModelFamily) -> tuple[int, int]:
     return (512, 512)
 
 
-def read_yaml_override(path: Path) -> dict | None:
+def read_yaml_override(info: CheckpointInfo) -> dict | None:
     """`<name>.yaml` beside a checkpoint (A1111's convention), or None. Parsed safely (no tags)."""
-    candidate = path.with_suffix(".yaml")
-    if not candidate.is_file():
+    candidate = info.config_yaml
+    if candidate is None:
         return None
     try:
         data = yaml.safe_load(candidate.read_text(encoding="utf-8"))
@@ -199,7 +200,7 @@ def _cast(state: dict, dtype: torch.dtype) -> dict:
 def load_single_file(info: CheckpointInfo, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     sd = normalise_keys(read_state_dict(info.path))
     meta = read_safetensors_metadata(info.path) if info.path.suffix == ".safetensors" else {}
-    family = detect_family(sd, info.path.name, meta, read_yaml_override(info.path))
+    family = detect_family(sd, info.path.name, meta, read_yaml_override(info))
     cfg = family.original_config
     try:
         params = cfg["model"]["params"]

@@ -103,6 +103,9 @@ def activate_loras(model, library: LoraLibrary, uses: list[LoraUse]) -> list[Lor
     """Make exactly `uses` active on the model (injecting new files once); returns the files used."""
     loaded: dict[str, LoraFile] = model.loras
     files = [library.find(u.name) for u in uses]
+    if any(f.name not in loaded for f in files) and next(model.unet.parameters()).is_meta:
+        raise ModelError("LoRA cannot be added while --lowvram streams the weights layer by layer; "
+                         "use --medvram (or no offload) for prompts with <lora:...>")
     for f in files:
         if f.name not in loaded:
             _inject(model, f)

@@ -61,6 +61,7 @@ class ModelManager:
         device_budget: TierBudget = TierBudget(models=1),
         ram_budget: TierBudget = TierBudget(models=1),
         preferred: str | None = None,
+        offload: bool = False,
     ):
         self.catalog = catalog
         self.device = device
@@ -68,6 +69,7 @@ class ModelManager:
         self.device_budget = device_budget
         self.ram_budget = ram_budget
         self.preferred = preferred
+        self.offload = offload  # --medvram/--lowvram: accelerate's hooks move the parts; models stay in RAM
         self._lock = threading.RLock()
         self._on_device: OrderedDict[Path, LoadedModel] = OrderedDict()
         self._in_ram: OrderedDict[Path, LoadedModel] = OrderedDict()
@@ -142,8 +144,9 @@ class ModelManager:
 
     def _move(self, model: LoadedModel, device: torch.device) -> None:
         if model.device != device:
-            for m in model.modules():
-                m.to(device)
+            if not self.offload:
+                for m in model.modules():
+                    m.to(device)
             model.device = device
 
     def _make_room_on_device(self, incoming: int) -> None:
