@@ -4,10 +4,12 @@ from __future__ import annotations
 import gc
 import weakref
 
+import numpy as np
 import pytest
 import torch
 
 from webui.models.catalog import Catalog, HashCache
+from webui.models.errors import ModelError
 from webui.models.manager import ModelManager, TierBudget, model_bytes
 
 
@@ -53,12 +55,32 @@ def test_zero_ram_budget_drops_and_memory_is_released(make_manager):
     a = m.get("tiny-a.safetensors")
     refs = [weakref.ref(a.unet), weakref.ref(a.vae), weakref.ref(a.text_encoder)]
     del a
-    m.get("tiny-b.safetensors")
+    m.get("tiny-a-diffusers")  # a folder never takes over another model's modules
     gc.collect()
     assert all(r() is None for r in refs), "an evicted model's modules are still referenced somewhere"
     assert m.cached_titles() == []
     m.get("tiny-a.safetensors")
     assert m.last_source == "disk"
+
+
+def test_same_architecture_swaps_only_the_weights(make_manager, easel):
+    """A model about to be dropped lends its modules to a checkpoint of the same architecture: the
+    pictures are exactly those of a fresh load, and the old model is gone from both tiers."""
+    from webui.generation.requests import Txt2ImgRequest
+
+    req = Txt2ImgRequest(prompt="a red circle", steps=2, width=64, height=64, seed=3, sampler_name="Euler")
+    fresh_b = np.asarray(easel.engine.txt2img(easel.load_model("tiny-b.safetensors"), req).images[0])
+    fresh_a = np.asarray(easel.engine.txt2img(easel.load_model("tiny-a.safetensors"), req).images[0])
+    m = make_manager(TierBudget(models=1), TierBudget(models=0))
+    a = m.get("tiny-a.safetensors")
+    unet = a.unet
+    b = m.get("tiny-b.safetensors")
+    assert m.last_source == "disk (weights-only swap)" and b.unet is unet
+    assert names(m.loaded_titles()) == ["tiny-b.safetensors"] and m.cached_titles() == []
+    assert np.array_equal(np.asarray(easel.engine.txt2img(b, req).images[0]), fresh_b)
+    again = m.get("tiny-a.safetensors")
+    assert again.unet is unet
+    assert np.array_equal(np.asarray(easel.engine.txt2img(again, req).images[0]), fresh_a)
 
 
 def test_gigabyte_budget(make_manager):
@@ -85,3 +107,21 @@ def test_a_failed_load_evicts_nothing(make_manager, tmp_path):
         m.get("broken.safetensors")
     assert names(m.loaded_titles()) == ["tiny-b.safetensors"]
     assert names(m.cached_titles()) == ["tiny-a.safetensors"]
+
+
+def test_a_bad_file_of_the_same_architecture_leaves_the_model_to_reuse_intact(make_manager, model_root, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(model_root / "models" / "Stable-diffusion" / "tiny-b.safetensors"))
+    sd["first_stage_model.decoder.conv_out.bias"] = torch.zeros(5)  # same architecture, one tensor wrong
+    save_file(sd, str(model_root / "models" / "Stable-diffusion" / "zz-bad-shape.safetensors"))
+    try:
+        m = make_manager(TierBudget(models=1), TierBudget(models=0))
+        a = m.get("tiny-a.safetensors")
+        before = {k: v.clone() for k, v in a.vae.state_dict().items()}
+        with pytest.raises(ModelError, match="conv_out.bias has shape"):
+            m.get("zz-bad-shape.safetensors")
+        assert names(m.loaded_titles()) == ["tiny-a.safetensors"]
+        assert all(torch.equal(before[k], v) for k, v in m.get("tiny-a.safetensors").vae.state_dict().items())
+    finally:
+        (model_root / "models" / "Stable-diffusion" / "zz-bad-shape.safetensors").unlink()

@@ -8,7 +8,9 @@ import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from tiny_models import build_tiny_sd, build_tiny_sd2, build_tiny_sdxl, write_ckpt, write_safetensors
+from tiny_models import (
+    build_tiny_sd, build_tiny_sd2, build_tiny_sdxl, write_ckpt, write_diffusers_folder, write_safetensors,
+)
 from webui.generation.noise import image_noise
 from webui.generation.requests import Img2ImgRequest, Txt2ImgRequest
 from webui.generation.samplers import build_scheduler, resolve_sampler
@@ -41,6 +43,8 @@ def families(easel, tmp_path, tiny_sd2, tiny_xl):
     (folder / "sd2-eps.yaml").write_text("model:\n  params:\n    parameterization: eps\n")
     write_safetensors(tiny_xl, folder / "xl.safetensors", metadata=SIZE)
     write_ckpt(tiny_xl, folder / "xl-ckpt.ckpt")
+    write_diffusers_folder(tiny_xl, folder / "xl-diffusers")
+    write_diffusers_folder(tiny_sd2, folder / "sd2-diffusers")
     write_safetensors(build_tiny_sdxl(seed=5, in_channels=9), folder / "xl-inpaint.safetensors", metadata=SIZE)
     write_safetensors(build_tiny_sd2(seed=6, in_channels=9), folder / "sd2-inpaint.safetensors",
                       metadata={**SIZE, "modelspec.prediction_type": "epsilon"})
@@ -219,6 +223,17 @@ def test_inpainting_checkpoints_of_each_family_run(easel, families, name):
     out = np.asarray(easel.engine.img2img(model, req).images[0], dtype=np.int16)
     assert (out[:, 40:] == np.asarray(image, dtype=np.int16)[:, 40:]).all()  # outside the mask: untouched
     assert np.abs(out[:, :24] - np.asarray(image, dtype=np.int16)[:, :24]).mean() > 1  # inside: regenerated
+
+
+@pytest.mark.parametrize("folder, single", [("xl-diffusers", "xl.safetensors"), ("sd2-diffusers", "sd2-v.safetensors")])
+def test_diffusers_folders_of_each_family_match_their_single_files(easel, families, folder, single):
+    model = easel.load_model(folder)
+    reference = easel.load_model(single)
+    assert (model.family.name, model.family.prediction_type) == (reference.family.name, reference.family.prediction_type)
+    assert model.tokenizer.pad_token == reference.tokenizer.pad_token
+    a = easel.engine.txt2img(easel.load_model(folder), Txt2ImgRequest(**FAST))
+    b = easel.engine.txt2img(easel.load_model(single), Txt2ImgRequest(**FAST))
+    assert np.abs(pixels(a) - pixels(b)).max() <= 1
 
 
 def test_sd1_still_loads_next_to_the_others(easel, families):

@@ -134,10 +134,19 @@ def write_ckpt(tiny: TinySD, path: Path, wrap: bool = True, old_clip_keys: bool 
 
 
 def write_diffusers_folder(tiny: TinySD, folder: Path) -> Path:
+    """A diffusers folder as diffusers saves one (SD2's text encoder without its unused last layer)."""
+    configs = CONFIGS / {"sd1": "sd15", "sd2": "sd2", "sdxl": "sdxl"}[tiny.family]
     folder.mkdir(parents=True, exist_ok=True)
     tiny.unet.save_pretrained(folder / "unet")
     tiny.vae.save_pretrained(folder / "vae")
-    tiny.text_encoder.save_pretrained(folder / "text_encoder")
-    shutil.copytree(CONFIGS / "sd15" / "scheduler", folder / "scheduler", dirs_exist_ok=True)
-    shutil.copy(CONFIGS / "sd15" / "model_index.json", folder / "model_index.json")
+    text_encoder = tiny.text_encoder
+    if tiny.family == "sd2":
+        cfg = CLIPTextConfig(**{**text_encoder.config.to_dict(), "num_hidden_layers": text_encoder.config.num_hidden_layers - 1})
+        text_encoder = CLIPTextModel(cfg)
+        text_encoder.load_state_dict(tiny.text_encoder.state_dict(), strict=False)
+    text_encoder.save_pretrained(folder / "text_encoder")
+    if tiny.text_encoder_2 is not None:
+        tiny.text_encoder_2.save_pretrained(folder / "text_encoder_2")
+    shutil.copytree(configs / "scheduler", folder / "scheduler", dirs_exist_ok=True)
+    shutil.copy(configs / "model_index.json", folder / "model_index.json")
     return folder

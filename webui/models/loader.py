@@ -95,19 +95,8 @@ def _json(path: Path) -> dict:
 
 def _assign(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, filename: str) -> None:
     """Load `state` into a meta-initialised module by assignment; every parameter must be present."""
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    if missing:
-        raise ModelError(
-            f"{filename}: the {what} weights do not match its layout ({len(missing)} missing, e.g. {missing[0]})"
-        )
-    bad = [k for k in expected if tuple(expected[k].shape) != tuple(state[k].shape)]
-    if bad:
-        k = bad[0]
-        raise ModelError(
-            f"{filename}: the {what} tensor {k} has shape {tuple(state[k].shape)}, expected {tuple(expected[k].shape)}"
-        )
-    module.load_state_dict({k: state[k] for k in expected}, strict=True, assign=True)
+    _check_state(module, state, what, filename)
+    module.load_state_dict({k: state[k] for k in module.state_dict()}, strict=True, assign=True)
 
 
 def _match_text_encoder_keys(state: dict[str, torch.Tensor], module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -197,7 +186,55 @@ def _cast(state: dict, dtype: torch.dtype) -> dict:
     return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
 
 
-def load_single_file(info: CheckpointInfo, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+def _same_config(config, wanted: dict) -> bool:
+    def norm(v):
+        return [norm(x) for x in v] if isinstance(v, (list, tuple)) else v
+    return all(norm(config.get(k)) == norm(v) for k, v in wanted.items())
+
+
+def _reusable_modules(reuse: LoadedModel | None, family: ModelFamily, unet_cfg: dict, vae_cfg: dict,
+                      plans: list[_TextEncoderPlan], dtype: torch.dtype) -> list[torch.nn.Module] | None:
+    """The modules of a model that is about to be dropped, when they have exactly the architecture
+    this checkpoint needs (then only the weights change hands: no module is built)."""
+    if reuse is None or reuse.family.name != family.name or reuse.loras or reuse.dtype != dtype:
+        return None
+    vae = reuse.own_vae if reuse.own_vae is not None else reuse.vae
+    encoders = [m for _, m in reuse.text_encoders]
+    if len(encoders) != len(plans) or any(next(m.parameters()).is_meta for m in (reuse.unet, vae, *encoders)):
+        return None  # --lowvram keeps weights outside the modules: nothing to reuse
+    if not (_same_config(reuse.unet.config, unet_cfg) and _same_config(vae.config, vae_cfg)):
+        return None
+    if any(type(m) is not plan.cls or not _same_config(m.config.to_dict(), plan.config)
+           for m, plan in zip(encoders, plans)):
+        return None
+    return [reuse.unet, vae, *encoders]
+
+
+def _check_state(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, filename: str) -> None:
+    """Every tensor `module` holds is in `state`, with its shape; raises ModelError otherwise."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise ModelError(
+            f"{filename}: the {what} weights do not match its layout ({len(missing)} missing, e.g. {missing[0]})"
+        )
+    bad = [k for k in expected if tuple(expected[k].shape) != tuple(state[k].shape)]
+    if bad:
+        k = bad[0]
+        raise ModelError(
+            f"{filename}: the {what} tensor {k} has shape {tuple(state[k].shape)}, expected {tuple(expected[k].shape)}"
+        )
+
+
+def _swap_weights(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Point an existing module's parameters and buffers at new tensors (shapes already checked)."""
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        if name in state:
+            tensor.data = state[name]
+
+
+def load_single_file(info: CheckpointInfo, device: torch.device, dtype: torch.dtype,
+                     reuse: LoadedModel | None = None) -> LoadedModel:
     sd = normalise_keys(read_state_dict(info.path))
     meta = read_safetensors_metadata(info.path) if info.path.suffix == ".safetensors" else {}
     family = detect_family(sd, info.path.name, meta, read_yaml_override(info))
@@ -220,23 +257,41 @@ def load_single_file(info: CheckpointInfo, device: torch.device, dtype: torch.dt
     except (KeyError, IndexError, ValueError, RuntimeError) as e:
         raise ModelError(f"{info.path.name}: unknown layout; could not convert it ({type(e).__name__}: {e})") from e
     del sd
-    with init_empty_weights(), no_init_weights():  # every weight is assigned below: skip random init
-        unet = UNet2DConditionModel.from_config(unet_cfg)
-        vae = AutoencoderKL.from_config(vae_cfg)
-        encoders = [plan.cls(CLIPTextConfig(**plan.config)) for plan in plans]
-
-    _assign(unet, _cast(unet_sd, dtype), "UNet", info.path.name)
-    _assign(vae, _cast(vae_sd, dtype), "VAE", info.path.name)
-    for plan, module in zip(plans, encoders):
-        _assign(module, _cast(_match_text_encoder_keys(plan.state, module), dtype), plan.what, info.path.name)
+    reused = _reusable_modules(reuse, family, unet_cfg, vae_cfg, plans, dtype)
+    if reused is not None:  # weights-only swap: the architecture matches a model being dropped
+        unet, vae, *encoders = reused
+        states = [_cast(unet_sd, dtype), _cast(vae_sd, dtype),
+                  *(_cast(_match_text_encoder_keys(p.state, m), dtype) for p, m in zip(plans, encoders))]
+        whats = ["UNet", "VAE", *(p.what for p in plans)]
+        for module, state, what in zip(reused, states, whats):  # check everything before changing anything
+            _check_state(module, state, what, info.path.name)
+        for module, state in zip(reused, states):
+            _swap_weights(module, state)
+        log.info("%s: weights-only swap into the modules of %s", info.path.name, reuse.info.name)
+    else:
+        with init_empty_weights(), no_init_weights():  # every weight is assigned below: skip random init
+            unet = UNet2DConditionModel.from_config(unet_cfg)
+            vae = AutoencoderKL.from_config(vae_cfg)
+            encoders = [plan.cls(CLIPTextConfig(**plan.config)) for plan in plans]
+        _assign(unet, _cast(unet_sd, dtype), "UNet", info.path.name)
+        _assign(vae, _cast(vae_sd, dtype), "VAE", info.path.name)
+        for plan, module in zip(plans, encoders):
+            _assign(module, _cast(_match_text_encoder_keys(plan.state, module), dtype), plan.what, info.path.name)
     sched = _json(CONFIG_DIRS[family.name] / "scheduler" / "scheduler_config.json")
-    model = _finish(LoadedModel(
+    model = LoadedModel(
         info=info, family=family, unet=unet, vae=vae, text_encoder=encoders[0],
         tokenizer=load_clip_tokenizer(OPENCLIP_PAD if family.name == "sd2" else None),
         scheduler_config=sched, device=device, dtype=dtype, metadata=meta,
         text_encoder_2=encoders[1] if len(encoders) > 1 else None,
         tokenizer_2=load_clip_tokenizer(OPENCLIP_PAD) if len(encoders) > 1 else None,
-    ))
+    )
+    if reused is not None:  # the modules are in eval mode without gradients already
+        if reuse.device != device:  # the new weights are on `device`; move what was not replaced
+            for m in reused:
+                m.to(device)
+        model.speed_state = {"compiled": True} if reuse.speed_state.get("compiled") else {}
+    else:
+        model = _finish(model)
     if not family.prediction_type:
         v = predicts_v(model.unet)
         model.family = dataclasses.replace(family, prediction_type="v_prediction" if v else "epsilon")
@@ -308,7 +363,12 @@ def _finish(model: LoadedModel) -> LoadedModel:
     return model
 
 
-def load_checkpoint(info: CheckpointInfo, device: torch.device, dtype: torch.dtype) -> LoadedModel:
-    """Load any supported checkpoint; raises ModelError naming the file and the reason."""
-    loader = load_diffusers_folder if info.is_diffusers_folder else load_single_file
-    return loader(info, device, dtype)
+def load_checkpoint(info: CheckpointInfo, device: torch.device, dtype: torch.dtype,
+                    reuse: LoadedModel | None = None) -> LoadedModel:
+    """Load any supported checkpoint; raises ModelError naming the file and the reason.
+
+    `reuse`: a model the caller is about to drop. A single file of the same architecture takes
+    over its modules (weights-only swap); `reuse` must not be used afterwards either way."""
+    if info.is_diffusers_folder:
+        return load_diffusers_folder(info, device, dtype)
+    return load_single_file(info, device, dtype, reuse)

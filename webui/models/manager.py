@@ -132,9 +132,16 @@ class ModelManager:
                 self.last_source = "ram"
             else:
                 self.catalog.ensure_hash(info)
-                model = load_checkpoint(info, torch.device("cpu"), self.dtype)  # may raise: nothing evicted yet
+                doomed = None if self.offload else self._doomed_by(info)
+                # may raise: nothing is evicted yet, and a model to reuse is only touched once all checks passed
+                model = load_checkpoint(info, torch.device("cpu"), self.dtype,
+                                        reuse=doomed[1] if doomed else None)
+                if doomed and model.unet is doomed[1].unet:  # weights-only swap: the old model is gone
+                    self._forget(doomed[0])
+                    self.last_source = "disk (weights-only swap)"
+                else:
+                    self.last_source = "disk"
                 self._sizes[key] = model_bytes(model)
-                self.last_source = "disk"
             self._make_room_on_device(self._sizes[key])
             self._move(model, self.device)
             self._on_device[key] = model
@@ -148,6 +155,22 @@ class ModelManager:
                 for m in model.modules():
                     m.to(device)
             model.device = device
+
+    def _doomed_by(self, info: CheckpointInfo) -> tuple[Path, LoadedModel] | None:
+        """The model that making room for `info` will drop first (its modules can be reused), if any."""
+        incoming = info.path.stat().st_size if info.path.is_file() else 0  # estimate: the file's size
+        on_device = list(self._on_device.items())
+        in_ram = list(self._in_ram.items())
+        while on_device and not self.device_budget.allows([*(self._sizes[k] for k, _ in on_device), incoming]):
+            in_ram.append(on_device.pop(0))
+        if in_ram and not self.ram_budget.allows([self._sizes[k] for k, _ in in_ram]):
+            return in_ram[0]
+        return None
+
+    def _forget(self, key: Path) -> None:
+        self._on_device.pop(key, None)
+        self._in_ram.pop(key, None)
+        self._sizes.pop(key, None)
 
     def _make_room_on_device(self, incoming: int) -> None:
         while self._on_device and not self.device_budget.allows([*self._tier_sizes(self._on_device), incoming]):
