@@ -80,6 +80,9 @@ def test_interrupt_stops_a_long_run(server, page):
     page.wait_for_selector("#txt2img_progress .easel-progress[data-state=running]")
     page.wait_for_function("document.querySelector('#txt2img_progress').innerText.includes('step')")
     assert "ETA" in page.inner_text("#txt2img_progress") or "step" in page.inner_text("#txt2img_progress")
+    # the cheap live preview of the latents shows under the bar while sampling
+    preview = page.wait_for_selector("#txt2img_progress img.easel-live-preview")
+    assert page.evaluate("(img) => img.complete && img.naturalWidth > 0", preview)
     page.click("#txt2img_interrupt")
     page.wait_for_function("document.querySelector('#txt2img_progress').innerText.includes('Interrupted')",
                            timeout=60_000)

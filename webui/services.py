@@ -144,7 +144,9 @@ class Easel:
         """Queue one generation: load the checkpoint (and VAE) it names, generate, save the PNGs."""
         def run(job: Job) -> SavedResult:
             job.set_stage(f"loading {request.checkpoint or 'default checkpoint'}")
-            result = generate(self.load_model(request.checkpoint, request.vae), job)
+            model = self.load_model(request.checkpoint, request.vae)
+            job.latent_family = model.family.name
+            result = generate(model, job)
             paths = []
             if folder is not None:
                 job.set_stage("saving")
@@ -165,7 +167,9 @@ class Easel:
         still writes the video of the keyframes it finished."""
         def run(job: Job) -> ZoomVideo:
             job.set_stage(f"loading {request.checkpoint or 'default checkpoint'}")
-            result = run_zoom(self.engine, self.load_model(request.checkpoint, request.vae), request, job)
+            model = self.load_model(request.checkpoint, request.vae)
+            job.latent_family = model.family.name
+            result = run_zoom(self.engine, model, request, job)
             job.set_stage("writing the video")
             return save_zoom(result, self.store.folder("zoom"))
 

@@ -1,4 +1,4 @@
-"""Images in and out of the API: base64 PNGs (with their infotext) and cheap live previews.
+"""Images in and out of the API: base64 PNGs (with their infotext).
 
 Images arrive as base64 (optionally as a `data:` URL). A URL is never fetched: fetching whatever a
 client names would let anyone on the LAN make Easel reach into the network for them.
@@ -11,7 +11,6 @@ import io
 import re
 import warnings
 
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from webui.images.store import png_bytes
@@ -22,15 +21,6 @@ MAX_IMAGE_BASE64 = 64 * 1024 * 1024  # characters; about 48 MB of image file
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 _DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
-
-# A1111's "Approx cheap" live preview: SD1/SD2 latent channels -> RGB, no VAE needed.
-_LATENT_RGB = torch.tensor([
-    [0.298, 0.207, 0.208],
-    [0.187, 0.286, 0.173],
-    [-0.158, 0.189, 0.264],
-    [-0.184, -0.271, -0.473],
-])
-
 
 def encode_png(image: Image.Image, infotext: str | None) -> str:
     """Base64 PNG with the infotext in its `parameters` chunk, as A1111's API returns images."""
@@ -67,13 +57,3 @@ def decode_image(value: str, field: str) -> Image.Image:
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as e:
         raise field_error(field, f"is not an image Easel can read ({type(e).__name__})") from None
-
-
-def latent_preview(latents: torch.Tensor | None) -> Image.Image | None:
-    """A rough RGB picture of the first latent in a batch (SD1/SD2 4-channel latents only)."""
-    if latents is None or latents.ndim != 4 or latents.shape[1] != _LATENT_RGB.shape[0]:
-        return None
-    sample = latents[0].detach().float().cpu()
-    rgb = torch.einsum("chw,cr->hwr", sample, _LATENT_RGB)
-    pixels = ((rgb + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
-    return Image.fromarray(pixels, "RGB")

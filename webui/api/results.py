@@ -10,13 +10,14 @@ from typing import Any
 from webui import __version__
 from webui.generation.engine import GenerationResult
 from webui.images.infotext import parse_infotext
+from webui.images.preview import latent_preview
 from webui.jobs.queue import Job, JobQueue
 from webui.models.errors import ModelError
 from webui.services import SavedResult
 
 from .context import Submission
 from .errors import ApiError
-from .images import encode_png, latent_preview
+from .images import encode_png
 from .schemas import GenerationResponse, JobStatus
 
 
@@ -153,5 +154,5 @@ def job_status(job: Job, queue: JobQueue, with_images: bool = True) -> JobStatus
 
 
 def preview_base64(job: Job) -> str | None:
-    image = latent_preview(job.latest_latents)
+    image = latent_preview(job.latest_latents, job.latent_family)
     return encode_png(image, None) if image is not None else None

@@ -55,6 +55,7 @@ class Job:
     started: float | None = None
     finished: float | None = None
     latest_latents: torch.Tensor | None = field(default=None, repr=False)
+    latent_family: str = "sd1"  # which latent space latest_latents are in (for previews)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
     _callbacks: list[Callable[["Job"], None]] = field(default_factory=list, repr=False)

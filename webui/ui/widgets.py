@@ -1,10 +1,13 @@
 """Small pieces shared by every tab: the progress bar, status messages, session ids."""
 from __future__ import annotations
 
+import base64
 import html
 
 import gradio as gr
 
+from webui.images.preview import latent_preview
+from webui.images.store import png_bytes
 from webui.jobs.queue import Job, JobState
 
 
@@ -22,11 +25,24 @@ def progress_html(job: Job, position: int = 0) -> str:
     else:
         text = job.progress_text()
         pct = round(job.progress * 100)
-    return (
+    bar = (
         f'<div class="easel-progress" data-state="{job.state.value}">'
         f'<div class="easel-progress-bar" style="width:{pct}%"></div>'
         f'<span class="easel-progress-text">{html.escape(text)}</span></div>'
     )
+    return bar + live_preview_html(job)
+
+
+def live_preview_html(job: Job) -> str:
+    """The cheap latent preview of a running job (see webui.images.preview), or nothing."""
+    if job.state is not JobState.RUNNING:
+        return ""
+    image = latent_preview(job.latest_latents, job.latent_family)
+    if image is None:
+        return ""
+    data = base64.b64encode(png_bytes(image, None)).decode("ascii")
+    return f'<img class="easel-live-preview" alt="live preview" src="data:image/png;base64,{data}">'
+
 
 
 def error_html(message: str) -> str:
