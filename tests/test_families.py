@@ -42,6 +42,7 @@ def families(easel, tmp_path, tiny_sd2, tiny_xl):
     write_safetensors(tiny_sd2, folder / "sd2-eps.safetensors", metadata=SIZE)
     (folder / "sd2-eps.yaml").write_text("model:\n  params:\n    parameterization: eps\n")
     write_safetensors(tiny_xl, folder / "xl.safetensors", metadata=SIZE)
+    write_safetensors(tiny_xl, folder / "xl-nometa.safetensors")
     write_ckpt(tiny_xl, folder / "xl-ckpt.ckpt")
     write_diffusers_folder(tiny_xl, folder / "xl-diffusers")
     write_diffusers_folder(tiny_sd2, folder / "sd2-diffusers")
@@ -201,6 +202,14 @@ def test_sdxl_size_conditioning_is_the_picture_size(easel, families):
     assert added["text_embeds"].shape == (4, 64)
     assert added["text_embeds"][:2].abs().max() == 0 and added["text_embeds"][2:].abs().max() > 0
     assert sdxl_added_conditioning(easel.load_model("sd2-v.safetensors"), req, cond, uncond, 0) is None
+
+
+def test_sdxl_default_size_is_known_before_loading(easel, families):
+    assert easel.default_size_for("xl-nometa.safetensors") == (1024, 1024)  # from its tensor names
+    assert easel.default_size_for("xl-diffusers") == (1024, 1024)  # from its folder layout
+    assert easel.default_size_for("xl.safetensors") == (64, 64)  # modelspec.resolution wins
+    assert easel.default_size_for("sd2-eps.safetensors") == (64, 64)
+    assert easel.load_model("xl-nometa.safetensors").default_size == (1024, 1024)
 
 
 def test_sdxl_long_prompts_and_emphasis_run(easel, families):

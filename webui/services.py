@@ -19,7 +19,8 @@ from webui.generation.zoom import ZoomRequest, ZoomVideo, run_zoom, save_zoom
 from webui.images.store import ImageStore
 from webui.jobs.queue import Job, JobQueue
 from webui.models.catalog import Catalog, HashCache
-from webui.models.checkpoint_io import read_safetensors_metadata
+from webui.models.checkpoint_io import read_safetensors_keys, read_safetensors_metadata
+from webui.models.families import XL_OPENCLIP_PREFIX
 from webui.models.embeddings import EmbeddingLibrary
 from webui.models.errors import ModelError
 from webui.models.loader import LoadedModel
@@ -92,11 +93,27 @@ class Easel:
         return model
 
     def default_size_for(self, name: str | None) -> tuple[int, int]:
-        """The trained size of a checkpoint, from its metadata, without loading it."""
+        """The trained size of a checkpoint without loading it: its `modelspec.resolution`, else its
+        family's (SDXL 1024, read from the file's tensor names or folder layout), else 512."""
         try:
             info = self.manager.resolve(name)
         except Exception:
             return (512, 512)
+        current = self.manager.current
+        if current is not None and current.info.path == info.path:
+            return current.default_size
+        if info.is_diffusers_folder:
+            return (1024, 1024) if (info.path / "text_encoder_2").is_dir() else (512, 512)
+        if info.path.suffix == ".safetensors":
+            res = read_safetensors_metadata(info.path).get("modelspec.resolution", "")
+            try:
+                w, h = (int(v) for v in res.lower().split("x"))
+                return (w, h)
+            except ValueError:
+                pass
+            if f"{XL_OPENCLIP_PREFIX}positional_embedding" in read_safetensors_keys(info.path):
+                return (1024, 1024)
+        return (512, 512)
         current = self.manager.current
         if current is not None and current.info.path == info.path:
             return current.default_size

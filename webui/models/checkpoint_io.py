@@ -30,6 +30,14 @@ def _safetensors_header(path: Path) -> dict:
         return json.loads(f.read(size))
 
 
+def read_safetensors_keys(path: Path) -> set[str]:
+    """The tensor names in a safetensors header, without reading the tensors (empty if unreadable)."""
+    try:
+        return {k for k in _safetensors_header(path) if k != "__metadata__"}
+    except (OSError, ValueError, struct.error):
+        return set()
+
+
 def read_safetensors_metadata(path: Path) -> dict[str, str]:
     """The `__metadata__` of a safetensors header, without reading the tensors."""
     try:
