@@ -110,3 +110,14 @@ def test_inpaint_left_half_green_square_leaves_the_right_half(demo):
         shares.append(colour_share(out.crop((0, 0, 32, 64)), "green"))
     assert max(shares) > before + 0.15
     assert sum(shares) / len(shares) > before + 0.05
+
+
+def test_the_evaluation_script_runs_on_easels_engine():
+    """webui.demo.evaluate on a few captions: the same loader and engine as the web UI."""
+    from webui.demo import evaluate as E
+
+    results = E.evaluate(E.easel_generator(str(DEMO)), n=3, steps=3, cfgs=(5.0,))
+    assert set(results[5.0]) >= {"colour", "position", "shape", "background", "all"}
+    assert all(0.0 <= results[5.0][k] <= 1.0 for k in ("colour", "position", "shape", "background", "all"))
+    table = E.format_table(results, 3, 3)
+    assert table.splitlines()[1].startswith("| CFG | colour | position")

@@ -9,9 +9,10 @@ caption's, and whose background has the caption's colour.
 
 Captions come from single-shape scenes of a seed the training never used. Generation is
 pluggable: `evaluate(generate, ...)` takes any `generate(prompts, seeds, cfg, steps) ->
-list[PIL.Image]`. The default builds a plain diffusers StableDiffusionPipeline from
-components read back out of the exported single-file checkpoint through diffusers' own
-LDM converters, so it also proves the exported file is right.
+list[PIL.Image]`. The default (`--engine easel`) is Easel itself: its loader and its engine,
+exactly what the web UI runs. `--engine diffusers` builds a plain diffusers
+StableDiffusionPipeline from components read back out of the file through diffusers' own
+LDM converters instead, which also proves the exported file is right.
 """
 from __future__ import annotations
 
@@ -182,6 +183,28 @@ def diffusers_generator(ckpt: str, batch: int = 25) -> Generate:
     return generate
 
 
+def easel_generator(ckpt: str) -> Generate:
+    """A `generate` function backed by Easel's own loader and engine (Euler, one image per caption)."""
+    from pathlib import Path
+
+    from webui.generation.engine import Engine
+    from webui.generation.requests import Txt2ImgRequest
+    from webui.models.catalog import CheckpointInfo
+    from webui.models.loader import load_checkpoint
+
+    path = Path(ckpt)
+    model = load_checkpoint(CheckpointInfo(path, path.name), torch.device("cpu"), torch.float32)
+    engine = Engine()
+    width, height = model.default_size
+
+    def generate(prompts, seeds, cfg, steps):
+        return [engine.txt2img(model, Txt2ImgRequest(prompt=p, seed=int(s), cfg_scale=cfg, steps=steps, width=width,
+                                                     height=height, sampler_name="Euler")).images[0]
+                for p, s in zip(prompts, seeds)]
+
+    return generate
+
+
 # ------------------------------------------------------------ evaluation
 
 
@@ -231,7 +254,7 @@ def evaluate(generate: Generate, n: int = 50, steps: int = 20, cfgs=(5.0, 1.0), 
 
 def format_table(results: dict, n: int, steps: int) -> str:
     lines = [
-        f"held-out captions: {n}, steps: {steps}, sampler: Euler",
+        f"held-out captions: {n}, steps: {steps}, sampler: Euler, negative prompt: none",
         "| CFG | colour | position | shape | background | all four |",
         "|----:|-------:|---------:|------:|-----------:|---------:|",
     ]
@@ -251,13 +274,15 @@ def main(argv=None) -> int:
     ap.add_argument("--cfg", default="5,1", help="comma-separated guidance scales")
     ap.add_argument("--seed", type=int, default=EVAL_SEED)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--engine", choices=["easel", "diffusers"], default="easel",
+                    help="generate with Easel's engine (default) or a plain diffusers pipeline")
     ap.add_argument("--grid", default=None, help="save a contact sheet: drawn scenes, then one row per CFG")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfgs = tuple(float(c) for c in args.cfg.split(","))
     t0 = time.time()
-    gen = diffusers_generator(args.ckpt)
+    gen = easel_generator(args.ckpt) if args.engine == "easel" else diffusers_generator(args.ckpt)
     results = evaluate(gen, args.n, args.steps, cfgs, args.seed, args.grid)
     print(format_table(results, args.n, args.steps))
     print(f"({time.time() - t0:.0f}s)")
