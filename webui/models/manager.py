@@ -62,6 +62,7 @@ class ModelManager:
         ram_budget: TierBudget = TierBudget(models=1),
         preferred: str | None = None,
         offload: bool = False,
+        reuse_modules: bool = True,
     ):
         self.catalog = catalog
         self.device = device
@@ -70,6 +71,7 @@ class ModelManager:
         self.ram_budget = ram_budget
         self.preferred = preferred
         self.offload = offload  # --medvram/--lowvram: accelerate's hooks move the parts; models stay in RAM
+        self.reuse_modules = reuse_modules  # weights-only swaps into a dropped model's modules
         self._lock = threading.RLock()
         self._on_device: OrderedDict[Path, LoadedModel] = OrderedDict()
         self._in_ram: OrderedDict[Path, LoadedModel] = OrderedDict()
@@ -132,7 +134,7 @@ class ModelManager:
                 self.last_source = "ram"
             else:
                 self.catalog.ensure_hash(info)
-                doomed = None if self.offload else self._doomed_by(info)
+                doomed = self._doomed_by(info) if self.reuse_modules and not self.offload else None
                 # may raise: nothing is evicted yet, and a model to reuse is only touched once all checks passed
                 model = load_checkpoint(info, torch.device("cpu"), self.dtype,
                                         reuse=doomed[1] if doomed else None)
