@@ -56,8 +56,14 @@ def test_the_shape_has_the_colour_the_prompt_names(demo, colour, shape):
     assert hits >= 3
 
 
-def test_cfg_5_follows_the_caption_better_than_cfg_1(demo):
-    """Each picture scores one point per caption fact it shows (colour, kind, position)."""
+def test_guidance_steers_the_picture_towards_the_caption(demo):
+    """Each picture scores one point per caption fact it shows (colour, kind, position).
+
+    CFG 0 is the unconditional prediction alone (the caption ignored), CFG 5 extrapolates from it
+    towards the caption: a guidance that dropped or inverted the conditional branch fails here.
+    Against CFG 1 (the conditional prediction alone) the trained model gains only a few points
+    (see webui/demo/README.md: 82 vs 78 % position over 50 captions), too few to show on 12
+    pictures, so here CFG 5 must merely not lose to it."""
     easel, model = demo
     captions = [("a red circle on the left, green background", "red", "circle", "left"),
                 ("a yellow square on the right, blue background", "yellow", "square", "right"),
@@ -70,12 +76,14 @@ def test_cfg_5_follows_the_caption_better_than_cfg_1(demo):
         total = 0
         for i, (caption, colour, kind, position) in enumerate(captions):
             for seed in (100 + i, 200 + i):
-                req = Txt2ImgRequest(prompt=caption, seed=seed, **{**FAST, "cfg_scale": cfg})
+                req = Txt2ImgRequest(prompt=caption, seed=seed, **{**FAST, "steps": 20, "cfg_scale": cfg})
                 r = read_image(easel.engine.txt2img(model, req).images[0])
                 total += (r.colour == colour) + (r.kind == kind) + (r.position == position)
         return total
 
-    assert score(5.0) > score(1.0)
+    guided, conditional, unconditional = score(5.0), score(1.0), score(0.0)
+    assert guided >= unconditional + 12, (guided, unconditional)
+    assert guided >= conditional - 2, (guided, conditional)
 
 
 def test_img2img_low_strength_keeps_the_picture_and_full_strength_follows_the_prompt(demo):
