@@ -147,3 +147,23 @@ def test_gpu_benchmark_runs_on_tiny_models_on_cpu(capsys):
     # figures from 1-2 tiny steps on a busy CPU are noise (the slope may even be negative): only finite
     assert all(np.isfinite([r["ms_per_step"], r["tflops"], r["speedup_vs_bare"]]).all() for r in rows)
     assert "MFU" in capsys.readouterr().out
+
+
+def test_a_vae_that_overflows_in_fp16_is_decoded_in_fp32_and_remembered(model_root, tmp_path, caplog):
+    """SDXL's VAE overflows in fp16 on every image: after the first NaN it goes straight to fp32."""
+    app = make(model_root, tmp_path, "--precision", "fp16")
+    try:
+        model = app.load_model("tiny-a.safetensors")
+        with torch.no_grad():
+            model.vae.decoder.conv_in.weight.mul_(30000)  # still finite in fp16, but its outputs are not
+        with caplog.at_level(logging.WARNING):
+            first = pixels(app)
+        assert caplog.text.count("NaNs in fp16") == 1
+        assert len(np.unique(first.reshape(-1, 3), axis=0)) > 1  # a picture, not NaNs turned black
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            second = pixels(app)
+        assert "NaNs" not in caplog.text and np.array_equal(first, second)
+        assert model.vae.dtype == torch.float16  # back in fp16 between decodes
+    finally:
+        app.close()

@@ -130,19 +130,23 @@ def encode_images(model: LoadedModel, images: list[Image.Image]) -> torch.Tensor
 @torch.no_grad()
 def latents_to_images(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
     vae = model.vae
-    decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
-    if vae.dtype == torch.float16 and torch.isnan(decoded).any():
+    remembered = ("vae_needs_fp32", id(vae))  # a VAE that overflowed once (SDXL's does) goes straight to fp32
+    if vae.dtype != torch.float16 or model.speed_state.get(remembered) is not vae:
+        decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+        if vae.dtype != torch.float16 or not torch.isnan(decoded).any():
+            return _to_images(decoded)
         if next(vae.parameters()).is_meta:  # --lowvram streams fp16 weights: no fp32 copy to decode with
             log.warning("the VAE produced NaNs in fp16; with --lowvram it cannot be re-run in fp32 (use --no-half "
                         "or another VAE)")
             return _to_images(decoded)
-        # some VAEs overflow in fp16 (A1111's "NaNs in VAE"): decode once more in fp32
-        log.warning("the VAE produced NaNs in fp16; decoding again in fp32")
-        vae.to(torch.float32)
-        try:
-            decoded = vae.decode(latents.float() / vae.config.scaling_factor).sample
-        finally:
-            vae.to(torch.float16)
+        # some VAEs overflow in fp16 (A1111's "NaNs in VAE"): decode once more in fp32, and from now on
+        log.warning("the VAE produced NaNs in fp16; decoding again in fp32 (and in fp32 from now on for this VAE)")
+        model.speed_state[remembered] = vae
+    vae.to(torch.float32)
+    try:
+        decoded = vae.decode(latents.float() / vae.config.scaling_factor).sample
+    finally:
+        vae.to(torch.float16)
     return _to_images(decoded)
 
 
