@@ -180,3 +180,18 @@ def test_openapi_documents_the_derived_img2img_request(client):
     assert request["additionalProperties"] is True and "override_settings" in props
     jobs = schema["paths"]["/easel/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert [s["title"] for s in jobs["oneOf"]] == ["EaselTxt2ImgJob", "EaselImg2ImgJob"]
+
+
+def test_info_says_when_an_inpainting_model_was_used(easel, client, tmp_path):
+    from tiny_models import build_tiny_sd, write_safetensors
+
+    write_safetensors(build_tiny_sd(seed=9, in_channels=9), tmp_path / "inp" / "tiny-inpaint.safetensors",
+                      metadata={"modelspec.resolution": "64x64"})
+    easel.manager.catalog.roots.append(tmp_path / "inp")
+    easel.refresh()
+    for checkpoint, expected in (("tiny-inpaint.safetensors", True), ("tiny-a.safetensors", False)):
+        r = client.post("/sdapi/v1/img2img", json={
+            **FAST, "init_images": [b64(picture())], "mask": b64(left_half_mask()), "denoising_strength": 0.9,
+            "override_settings": {"sd_model_checkpoint": checkpoint}})
+        assert r.status_code == 200, r.text
+        assert json.loads(r.json()["info"])["is_using_inpainting_conditioning"] is expected

@@ -229,7 +229,9 @@ def test_inpainting_checkpoints_of_each_family_run(easel, families, name):
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (0, 0, 32, 64))
     req = Img2ImgRequest(**{**FAST, "init_image": image, "mask": mask, "mask_blur": 0, "denoising_strength": 1.0})
-    out = np.asarray(easel.engine.img2img(model, req).images[0], dtype=np.int16)
+    result = easel.engine.img2img(model, req)
+    assert result.extra["inpainting_conditioning"]  # the API reports it as is_using_inpainting_conditioning
+    out = np.asarray(result.images[0], dtype=np.int16)
     assert (out[:, 40:] == np.asarray(image, dtype=np.int16)[:, 40:]).all()  # outside the mask: untouched
     assert np.abs(out[:, :24] - np.asarray(image, dtype=np.int16)[:, :24]).mean() > 1  # inside: regenerated
 

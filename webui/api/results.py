@@ -104,7 +104,7 @@ def a1111_info(job: Job, submission: Submission | None = None) -> dict[str, Any]
         "styles": [],
         "job_timestamp": job_timestamp(job),
         "clip_skip": req.clip_skip,
-        "is_using_inpainting_conditioning": False,
+        "is_using_inpainting_conditioning": bool(result.extra.get("inpainting_conditioning")),
         "version": f"easel-{__version__}",
         "job_id": job.id,
         "interrupted": result.interrupted,

@@ -318,7 +318,8 @@ class Engine:
         subseeds = [req.subseed + i for i in range(req.total_images)]
         infos = [create_infotext(req.prompt, req.negative_prompt, infotext_params(req, model, s, ss))
                  for s, ss in zip(seeds, subseeds)]
-        return GenerationResult([image.copy() for _ in seeds], infos, seeds, subseeds, req)
+        return GenerationResult([image.copy() for _ in seeds], infos, seeds, subseeds, req,
+                                extra={"inpainting_conditioning": model.family.inpainting})
 
     def _generate(self, model: LoadedModel, req: GenerationParams, progress: ProgressSink | None,
                   init: Callable[[torch.Tensor, int], InitLatents] | None) -> GenerationResult:
@@ -347,7 +348,8 @@ class Engine:
                 infotexts.append(create_infotext(req.prompt, req.negative_prompt, params))
                 seeds.append(s)
                 subseeds.append(ss)
-        return GenerationResult(images, infotexts, seeds, subseeds, req, interrupted, time.perf_counter() - started)
+        return GenerationResult(images, infotexts, seeds, subseeds, req, interrupted, time.perf_counter() - started,
+                                extra={"inpainting_conditioning": model.family.inpainting})
 
     @torch.no_grad()
     def sample(
