@@ -16,6 +16,7 @@ from webui.generation.engine import Engine, GenerationResult
 from webui.generation.outpaint import OutpaintRequest, plan_box
 from webui.generation.requests import Img2ImgRequest, Txt2ImgRequest
 from webui.generation.zoom import ZoomRequest, ZoomVideo, run_zoom, save_zoom
+from webui.images.preview import Previewer
 from webui.images.store import ImageStore
 from webui.jobs.queue import Job, JobQueue
 from webui.models.catalog import Catalog, HashCache
@@ -50,6 +51,7 @@ class Easel:
         self.engine = engine
         self.store = store
         self.vaes = VaeLibrary(settings.models_dir / "VAE")
+        self.previews = Previewer(settings.models_dir / "VAE-approx")
         self.speed = settings.speed
         if self.speed.attention == "xformers":
             problem = xformers_problem(settings.device)
@@ -59,7 +61,7 @@ class Easel:
 
     @classmethod
     def create(cls, settings: Settings) -> "Easel":
-        for sub in ("Stable-diffusion", "VAE", "Lora", "embeddings"):
+        for sub in ("Stable-diffusion", "VAE", "VAE-approx", "Lora", "embeddings"):
             (settings.models_dir / sub).mkdir(parents=True, exist_ok=True)
         catalog = Catalog(settings.checkpoint_dirs, HashCache(settings.cache_dir / "hashes.json"))
         manager = ModelManager(
@@ -171,7 +173,7 @@ class Easel:
                          for img, info, seed in zip(result.images, result.infotexts, result.seeds)]
             return SavedResult(result, paths)
 
-        return self.queue.submit(Job(run=run, description=kind, owner=owner,
+        return self.queue.submit(Job(run=run, description=kind, owner=owner, previewer=self.previews.image,
                                      checkpoint=self.checkpoint_key(request.checkpoint)))
 
     def submit_load(self, name: str | None, owner: str = "anonymous") -> Job:
@@ -190,5 +192,5 @@ class Easel:
             job.set_stage("writing the video")
             return save_zoom(result, self.store.folder("zoom"))
 
-        return self.queue.submit(Job(run=run, description="zoom", owner=owner,
+        return self.queue.submit(Job(run=run, description="zoom", owner=owner, previewer=self.previews.image,
                                      checkpoint=self.checkpoint_key(request.checkpoint)))

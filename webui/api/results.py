@@ -10,7 +10,6 @@ from typing import Any
 from webui import __version__
 from webui.generation.engine import GenerationResult
 from webui.images.infotext import parse_infotext
-from webui.images.preview import latent_preview
 from webui.jobs.queue import Job, JobQueue
 from webui.models.errors import ModelError
 from webui.services import SavedResult
@@ -154,5 +153,5 @@ def job_status(job: Job, queue: JobQueue, with_images: bool = True) -> JobStatus
 
 
 def preview_base64(job: Job) -> str | None:
-    image = latent_preview(job.latest_latents, job.latent_family)
+    image = job.preview_image()
     return encode_png(image, None) if image is not None else None

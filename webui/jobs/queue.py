@@ -56,6 +56,7 @@ class Job:
     finished: float | None = None
     latest_latents: torch.Tensor | None = field(default=None, repr=False)
     latent_family: str = "sd1"  # which latent space latest_latents are in (for previews)
+    previewer: Callable[[torch.Tensor | None, str], Any] | None = field(default=None, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
     _callbacks: list[Callable[["Job"], None]] = field(default_factory=list, repr=False)
@@ -69,6 +70,12 @@ class Job:
 
     def should_stop(self) -> bool:
         return self._stop.is_set()
+
+    def preview_image(self):
+        """A live preview of the latest latents (webui.images.preview), or None."""
+        if self.previewer is None or self.latest_latents is None:
+            return None
+        return self.previewer(self.latest_latents, self.latent_family)
 
     def set_stage(self, text: str) -> None:
         self.stage = text

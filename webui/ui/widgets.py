@@ -6,7 +6,6 @@ import html
 
 import gradio as gr
 
-from webui.images.preview import latent_preview
 from webui.images.store import png_bytes
 from webui.jobs.queue import Job, JobState
 
@@ -37,7 +36,7 @@ def live_preview_html(job: Job) -> str:
     """The cheap latent preview of a running job (see webui.images.preview), or nothing."""
     if job.state is not JobState.RUNNING:
         return ""
-    image = latent_preview(job.latest_latents, job.latent_family)
+    image = job.preview_image()
     if image is None:
         return ""
     data = base64.b64encode(png_bytes(image, None)).decode("ascii")
