@@ -148,7 +148,9 @@ class ModelManager:
             self._move(model, self.device)
             self._on_device[key] = model
             self.last_load_seconds = time.perf_counter() - started
-            log.info("%s from %s in %.3fs", info.title, self.last_source, self.last_load_seconds)
+            log.info("%s (%s, %s from %s) from %s in %.3fs", info.title, model.family.title,
+                     model.family.prediction_type, model.family.prediction_source, self.last_source,
+                     self.last_load_seconds)
             return model
 
     def _move(self, model: LoadedModel, device: torch.device) -> None:
