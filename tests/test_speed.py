@@ -167,3 +167,24 @@ def test_a_vae_that_overflows_in_fp16_is_decoded_in_fp32_and_remembered(model_ro
         assert model.vae.dtype == torch.float16  # back in fp16 between decodes
     finally:
         app.close()
+
+
+def test_medvram_sdxl_offloads_sdxl_checkpoints_only(model_root, tmp_path):
+    from tiny_models import build_tiny_sdxl, write_safetensors
+
+    assert settings_from_args(["--medvram-sdxl"]).speed.offload_for("sd1") == "none"
+    assert settings_from_args(["--medvram-sdxl"]).speed.offload_for("sdxl") == "model"
+    xl_dir = tmp_path / "xl"
+    write_safetensors(build_tiny_sdxl(seed=2), xl_dir / "tiny-xl.safetensors", metadata={"modelspec.resolution": "64x64"})
+    plain, lean = make(model_root, tmp_path / "plain"), make(model_root, tmp_path / "lean", "--medvram-sdxl")
+    try:
+        for app in (plain, lean):
+            app.manager.catalog.roots.append(xl_dir)
+            app.refresh()
+        for name in ("tiny-xl.safetensors", "tiny-a.safetensors", "tiny-xl.safetensors"):
+            assert np.array_equal(pixels(lean, name), pixels(plain, name))
+        assert hasattr(lean.load_model("tiny-xl.safetensors").unet, "_hf_hook")
+        assert not hasattr(lean.load_model("tiny-a.safetensors").unet, "_hf_hook")
+    finally:
+        plain.close()
+        lean.close()

@@ -69,7 +69,7 @@ class Easel:
             device_budget=TierBudget(settings.models_on_device, settings.device_cache_gb),
             ram_budget=TierBudget(settings.models_in_ram, settings.ram_cache_gb),
             preferred=settings.ckpt,
-            offload=settings.speed.offloads,
+            offloads=settings.speed.offloads,
         )
         embeddings = EmbeddingLibrary(settings.models_dir / "embeddings")
         embeddings.refresh()

@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     vram = dev.add_mutually_exclusive_group()
     vram.add_argument("--medvram", action="store_true",
                       help="keep models in RAM and move only the running part (text encoder, UNet, VAE) to the GPU")
+    vram.add_argument("--medvram-sdxl", action="store_true",
+                      help="--medvram for SDXL checkpoints only; the others stay on the GPU")
     vram.add_argument("--lowvram", action="store_true",
                       help="stream weights to the GPU layer by layer (least VRAM, slowest)")
     dev.add_argument("--models-on-device", type=int, default=1, metavar="N",
@@ -239,7 +241,8 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         dtype=pick_dtype(args.precision, args.no_half, device),
         xformers=args.xformers,
         speed=SpeedOptions(
-            offload="sequential" if args.lowvram else "model" if args.medvram else "none",
+            offload="sequential" if args.lowvram else "model" if args.medvram or args.medvram_sdxl else "none",
+            offload_only_sdxl=args.medvram_sdxl,
             attention="xformers" if args.xformers else "sdpa",
             channels_last=args.opt_channelslast,
             compile_unet=args.compile,

@@ -22,6 +22,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import torch
@@ -61,7 +62,7 @@ class ModelManager:
         device_budget: TierBudget = TierBudget(models=1),
         ram_budget: TierBudget = TierBudget(models=1),
         preferred: str | None = None,
-        offload: bool = False,
+        offloads: Callable[[str], bool] = lambda family: False,
         reuse_modules: bool = True,
     ):
         self.catalog = catalog
@@ -70,7 +71,8 @@ class ModelManager:
         self.device_budget = device_budget
         self.ram_budget = ram_budget
         self.preferred = preferred
-        self.offload = offload  # --medvram/--lowvram: accelerate's hooks move the parts; models stay in RAM
+        # --medvram/--lowvram(/--medvram-sdxl), by family: accelerate's hooks move the parts, models stay in RAM
+        self.offloads = offloads
         self.reuse_modules = reuse_modules  # weights-only swaps into a dropped model's modules
         self._lock = threading.RLock()
         self._on_device: OrderedDict[Path, LoadedModel] = OrderedDict()
@@ -134,7 +136,7 @@ class ModelManager:
                 self.last_source = "ram"
             else:
                 self.catalog.ensure_hash(info)
-                doomed = self._doomed_by(info) if self.reuse_modules and not self.offload else None
+                doomed = self._doomed_by(info) if self.reuse_modules else None
                 # may raise: nothing is evicted yet, and a model to reuse is only touched once all checks passed
                 model = load_checkpoint(info, torch.device("cpu"), self.dtype,
                                         reuse=doomed[1] if doomed else None)
@@ -155,7 +157,7 @@ class ModelManager:
 
     def _move(self, model: LoadedModel, device: torch.device) -> None:
         if model.device != device:
-            if not self.offload:
+            if not self.offloads(model.family.name):
                 for m in model.modules():
                     m.to(device)
             model.device = device
@@ -168,7 +170,8 @@ class ModelManager:
         while on_device and not self.device_budget.allows([*(self._sizes[k] for k, _ in on_device), incoming]):
             in_ram.append(on_device.pop(0))
         if in_ram and not self.ram_budget.allows([self._sizes[k] for k, _ in in_ram]):
-            return in_ram[0]
+            key, model = in_ram[0]
+            return None if self.offloads(model.family.name) else (key, model)  # hooked modules: not reused
         return None
 
     def _forget(self, key: Path) -> None:

@@ -3,7 +3,8 @@
 One switch each, all set from the command line (`webui.settings`) and applied by `prepare()` when a
 model becomes the active one (idempotent: applying twice changes nothing).
 
-- **Offload** (`--medvram` = "model", `--lowvram` = "sequential"): accelerate's own hooks, the ones
+- **Offload** (`--medvram` = "model", `--lowvram` = "sequential", `--medvram-sdxl` = "model" for
+  SDXL checkpoints only): accelerate's own hooks, the ones
   diffusers' `enable_model_cpu_offload` / `enable_sequential_cpu_offload` use. "model" keeps every
   component in RAM and moves the one that runs (text encoder(s) -> UNet -> VAE) to the device, the
   previous one back; "sequential" streams each layer's weights to the device for its forward only
@@ -30,6 +31,7 @@ OFFLOAD_MODES = ("none", "model", "sequential")
 @dataclass(frozen=True)
 class SpeedOptions:
     offload: str = "none"  # "none" | "model" (--medvram) | "sequential" (--lowvram)
+    offload_only_sdxl: bool = False  # --medvram-sdxl: offload SDXL checkpoints, keep the others on the device
     attention: str = "sdpa"  # "sdpa" | "xformers"
     channels_last: bool = False
     compile_unet: bool = False
@@ -40,9 +42,12 @@ class SpeedOptions:
         if self.attention not in ("sdpa", "xformers"):
             raise ValueError(f"attention: expected sdpa or xformers (got {self.attention!r})")
 
-    @property
-    def offloads(self) -> bool:
-        return self.offload != "none"
+    def offload_for(self, family: str) -> str:
+        """The offload mode for a checkpoint of `family` ("sd1", "sd2", "sdxl")."""
+        return "none" if self.offload_only_sdxl and family != "sdxl" else self.offload
+
+    def offloads(self, family: str) -> bool:
+        return self.offload_for(family) != "none"
 
 
 def xformers_problem(device: torch.device) -> str | None:
@@ -57,15 +62,16 @@ def xformers_problem(device: torch.device) -> str | None:
 def prepare(model, options: SpeedOptions) -> None:
     """Apply `options` to a model the manager has just made active (see the module docstring)."""
     applied: dict = model.speed_state
-    if options.offloads:
-        _offload(model, options.offload, applied)
+    offload = options.offload_for(model.family.name)
+    if offload != "none":
+        _offload(model, offload, applied)
     if options.attention == "xformers" and not applied.get("xformers"):
         problem = xformers_problem(model.device)
         if problem is None:
             for module in (model.unet, model.vae):
                 module.enable_xformers_memory_efficient_attention()
             applied["xformers"] = True
-    if options.channels_last and not options.offload == "sequential":
+    if options.channels_last and offload != "sequential":
         for module in (model.unet, model.vae):
             if applied.get(("channels_last", id(module))) is not module:
                 module.to(memory_format=torch.channels_last)
