@@ -14,9 +14,7 @@ import argparse
 import asyncio
 import base64
 import io
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,55 +37,21 @@ class ClientStats:
     finished_at: float = 0.0
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def local_server(auth: str, threads: int | None = None, timeout: float = 180):
-    """app.py --nowebui on a tiny model; yields the base URL."""
+    """app.py --nowebui on a tiny model (the tests' launcher); yields the base URL."""
+    from browser import easel_server
     from tiny_models import build_tiny_sd, write_safetensors
 
     with tempfile.TemporaryDirectory(prefix="easel-load-") as tmp:
         data = Path(tmp)
         write_safetensors(build_tiny_sd(0), data / "models" / "Stable-diffusion" / "tiny.safetensors",
                           metadata={"modelspec.resolution": "64x64"})
-        port = free_port()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if threads:  # on a busy machine, spinning OpenMP threads of an oversubscribed torch stall each other
-            env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        command = [sys.executable, str(ROOT / "app.py"), "--nowebui", "--data-dir", str(data), "--port", str(port),
-                   "--device", "cpu", "--api-auth", auth]
-        with open(data / "server.log", "wb") as log:
-            proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-            try:
-                url = f"http://127.0.0.1:{port}"
-                wait_until_up(url, proc, data / "server.log", timeout)
-                yield url
-            finally:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-
-
-def wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
-    deadline = time.time() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError("Easel exited:\n" + log.read_text()[-3000:])
-        try:
-            httpx.get(url + "/docs", timeout=2)
-            return
-        except httpx.HTTPError:
-            if time.time() > deadline:
-                raise RuntimeError("Easel did not start") from None
-            time.sleep(0.5)
+        # on a busy machine, spinning OpenMP threads of an oversubscribed torch stall each other
+        env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else None
+        with easel_server(data, "--nowebui", "--api-auth", auth, timeout=timeout, ready_path="/sdapi/v1/samplers",
+                          env=env) as url:
+            yield url
 
 
 def check_answer(response: httpx.Response, seed: int) -> str | None:

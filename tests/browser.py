@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,15 +33,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def easel_server(data_dir: Path, *extra: str, timeout: float = 180, ready_path: str = "/"):
+def easel_server(data_dir: Path, *extra: str, timeout: float = 180, ready_path: str = "/",
+                 env: dict[str, str] | None = None):
     """Run `app.py` on a free port until the block ends; yields the base URL once `ready_path` answers
-    (with logins on, pass the public sign-in page: everything else refuses anonymous requests)."""
+    (a 401/403 counts: with logins on, every route refuses anonymous requests). Also used by
+    bench/api_load.py."""
     port = free_port()
     log = open(data_dir / "server.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "app.py"), "--data-dir", str(data_dir), "--port", str(port),
          "--device", "cpu", *extra],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -51,10 +54,14 @@ def easel_server(data_dir: Path, *extra: str, timeout: float = 180, ready_path: 
             try:
                 urllib.request.urlopen(url + ready_path, timeout=2)
                 break
+            except urllib.error.HTTPError as e:
+                if e.code in (401, 403):  # up, and refusing anonymous requests as it should
+                    break
             except OSError:
-                if time.time() > deadline:
-                    raise RuntimeError("Easel did not start:\n" + (data_dir / "server.log").read_text()[-3000:])
-                time.sleep(0.5)
+                pass
+            if time.time() > deadline:
+                raise RuntimeError("Easel did not start:\n" + (data_dir / "server.log").read_text()[-3000:])
+            time.sleep(0.5)
         yield url
     finally:
         proc.terminate()

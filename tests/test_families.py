@@ -255,21 +255,15 @@ def test_sd1_still_loads_next_to_the_others(easel, families):
 
 # -- LoRA and embeddings on SDXL -------------------------------------------------------------------
 
-def kohya_xl_lora(tiny, seed: int, rank: int = 4, scale: float = 0.3) -> dict[str, torch.Tensor]:
+def kohya_xl_lora(tiny, seed: int) -> dict[str, torch.Tensor]:
     """kohya's SDXL layout: lora_unet_*, lora_te1_* (CLIP ViT-L) and lora_te2_* (OpenCLIP bigG)."""
-    g = torch.Generator().manual_seed(seed)
-    targets = [("lora_unet_", n, m) for n, m in tiny.unet.named_modules()
-               if n.endswith(("to_q", "to_k", "to_v", "to_out.0")) and isinstance(m, torch.nn.Linear)]
+    from test_lora import kohya_weights, linear_targets
+
+    targets = linear_targets("lora_unet_", tiny.unet, ("to_q", "to_k", "to_v", "to_out.0"))
     for prefix, encoder in (("lora_te1_", tiny.text_encoder), ("lora_te2_", tiny.text_encoder_2)):
-        targets += [(prefix, "text_model." + n.removeprefix("text_model."), m) for n, m in encoder.named_modules()
-                    if n.endswith(("q_proj", "k_proj", "v_proj", "out_proj")) and isinstance(m, torch.nn.Linear)]
-    sd = {}
-    for prefix, name, module in targets:
-        key = prefix + name.replace(".", "_")
-        sd[f"{key}.lora_down.weight"] = torch.randn(rank, module.in_features, generator=g) * scale
-        sd[f"{key}.lora_up.weight"] = torch.randn(module.out_features, rank, generator=g) * scale
-        sd[f"{key}.alpha"] = torch.tensor(float(rank))
-    return sd
+        targets += linear_targets(prefix, encoder, ("q_proj", "k_proj", "v_proj", "out_proj"),
+                                  rename=lambda n: "text_model." + n.removeprefix("text_model."))
+    return kohya_weights(targets, seed)
 
 
 def test_sdxl_lora_reaches_both_text_encoders(easel, families, tiny_xl):

@@ -15,21 +15,28 @@ from webui.models.lora import LoraUse, extract_lora_tags
 FAST = dict(steps=2, width=64, height=64, seed=5, sampler_name="Euler", cfg_scale=5)
 
 
-def kohya_lora(seed: int, rank: int = 4, scale: float = 0.3) -> dict[str, torch.Tensor]:
-    """A LoRA in kohya's key layout for the tiny model: UNet attention projections and CLIP's q/k/v/out."""
+def kohya_weights(targets, seed: int, rank: int = 4, scale: float = 0.3) -> dict[str, torch.Tensor]:
+    """kohya's key layout for (prefix, module name, Linear) targets: lora_down / lora_up / alpha each."""
     g = torch.Generator().manual_seed(seed)
-    tiny = build_tiny_sd(0)
     sd = {}
-    targets = [("lora_unet_", n, m) for n, m in tiny.unet.named_modules()
-               if n.endswith(("to_q", "to_k", "to_v", "to_out.0")) and isinstance(m, torch.nn.Linear)]
-    targets += [("lora_te_text_model_", n, m) for n, m in tiny.text_encoder.named_modules()
-                if n.endswith(("q_proj", "k_proj", "v_proj", "out_proj")) and isinstance(m, torch.nn.Linear)]
     for prefix, name, module in targets:
         key = prefix + name.replace(".", "_")
         sd[f"{key}.lora_down.weight"] = torch.randn(rank, module.in_features, generator=g) * scale
         sd[f"{key}.lora_up.weight"] = torch.randn(module.out_features, rank, generator=g) * scale
         sd[f"{key}.alpha"] = torch.tensor(float(rank))
     return sd
+
+
+def linear_targets(prefix: str, module: torch.nn.Module, ends: tuple[str, ...], rename=lambda n: n):
+    return [(prefix, rename(n), m) for n, m in module.named_modules() if n.endswith(ends) and isinstance(m, torch.nn.Linear)]
+
+
+def kohya_lora(seed: int, rank: int = 4, scale: float = 0.3) -> dict[str, torch.Tensor]:
+    """A LoRA in kohya's key layout for the tiny model: UNet attention projections and CLIP's q/k/v/out."""
+    tiny = build_tiny_sd(0)
+    targets = linear_targets("lora_unet_", tiny.unet, ("to_q", "to_k", "to_v", "to_out.0"))
+    targets += linear_targets("lora_te_text_model_", tiny.text_encoder, ("q_proj", "k_proj", "v_proj", "out_proj"))
+    return kohya_weights(targets, seed, rank, scale)
 
 
 @pytest.fixture()

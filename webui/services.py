@@ -20,11 +20,9 @@ from webui.images.preview import Previewer
 from webui.images.store import ImageStore
 from webui.jobs.queue import Job, JobQueue
 from webui.models.catalog import Catalog, HashCache
-from webui.models.checkpoint_io import read_safetensors_keys, read_safetensors_metadata
-from webui.models.families import XL_OPENCLIP_PREFIX
 from webui.models.embeddings import EmbeddingLibrary
 from webui.models.errors import ModelError
-from webui.models.loader import LoadedModel
+from webui.models.loader import LoadedModel, default_size_unloaded
 from webui.models.lora import LoraLibrary
 from webui.models.manager import ModelManager, TierBudget
 from webui.models.speed import prepare as prepare_for_speed
@@ -95,8 +93,7 @@ class Easel:
         return model
 
     def default_size_for(self, name: str | None) -> tuple[int, int]:
-        """The trained size of a checkpoint without loading it: its `modelspec.resolution`, else its
-        family's (SDXL 1024, read from the file's tensor names or folder layout), else 512."""
+        """The trained size of a checkpoint, without loading it (see loader.default_size_unloaded)."""
         try:
             info = self.manager.resolve(name)
         except Exception:
@@ -104,29 +101,7 @@ class Easel:
         current = self.manager.current
         if current is not None and current.info.path == info.path:
             return current.default_size
-        if info.is_diffusers_folder:
-            return (1024, 1024) if (info.path / "text_encoder_2").is_dir() else (512, 512)
-        if info.path.suffix == ".safetensors":
-            res = read_safetensors_metadata(info.path).get("modelspec.resolution", "")
-            try:
-                w, h = (int(v) for v in res.lower().split("x"))
-                return (w, h)
-            except ValueError:
-                pass
-            if f"{XL_OPENCLIP_PREFIX}positional_embedding" in read_safetensors_keys(info.path):
-                return (1024, 1024)
-        return (512, 512)
-        current = self.manager.current
-        if current is not None and current.info.path == info.path:
-            return current.default_size
-        if info.path.suffix == ".safetensors":
-            res = read_safetensors_metadata(info.path).get("modelspec.resolution", "")
-            try:
-                w, h = (int(v) for v in res.lower().split("x"))
-                return (w, h)
-            except ValueError:
-                pass
-        return (512, 512)
+        return default_size_unloaded(info)
 
     def checkpoint_key(self, name: str | None) -> str | None:
         """The checkpoint a job will need (for the queue's same-checkpoint grouping); None if unknown."""
@@ -158,14 +133,18 @@ class Easel:
 
         return self._submit("outpaint", request, owner, generate, "outpaint-images" if save else None)
 
+    def _load_for(self, job: Job, request) -> LoadedModel:
+        """The request's checkpoint and VAE, loaded inside its job (so swaps happen between jobs)."""
+        job.set_stage(f"loading {request.checkpoint or 'default checkpoint'}")
+        model = self.load_model(request.checkpoint, request.vae)
+        job.latent_family = model.family.name  # for the job's live previews
+        return model
+
     def _submit(self, kind: str, request, owner: str,
                 generate: Callable[[LoadedModel, Job], GenerationResult], folder: str | None) -> Job:
         """Queue one generation: load the checkpoint (and VAE) it names, generate, save the PNGs."""
         def run(job: Job) -> SavedResult:
-            job.set_stage(f"loading {request.checkpoint or 'default checkpoint'}")
-            model = self.load_model(request.checkpoint, request.vae)
-            job.latent_family = model.family.name
-            result = generate(model, job)
+            result = generate(self._load_for(job, request), job)
             paths = []
             if folder is not None:
                 job.set_stage("saving")
@@ -185,10 +164,7 @@ class Easel:
         """An infinite-zoom video: keyframes, then the mp4 under outputs/zoom/DATE/. An interrupted job
         still writes the video of the keyframes it finished."""
         def run(job: Job) -> ZoomVideo:
-            job.set_stage(f"loading {request.checkpoint or 'default checkpoint'}")
-            model = self.load_model(request.checkpoint, request.vae)
-            job.latent_family = model.family.name
-            result = run_zoom(self.engine, model, request, job)
+            result = run_zoom(self.engine, self._load_for(job, request), request, job)
             job.set_stage("writing the video")
             return save_zoom(result, self.store.folder("zoom"))
 

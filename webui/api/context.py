@@ -185,23 +185,12 @@ class ApiContext:
         images are decoded here (422 naming the field when they are not images)."""
         options = self.options.get(caller.owner)
         overrides = self._overrides(body)
-        if body.checkpoint:
-            name, source = body.checkpoint, "checkpoint"
-        elif overrides.get("sd_model_checkpoint"):
-            name, source = overrides["sd_model_checkpoint"], "override_settings.sd_model_checkpoint"
-        else:
-            name, source = options.sd_model_checkpoint, "checkpoint"
-        info = self.resolve_checkpoint(name, source)
+        info = self.resolve_checkpoint(*_pick(body.checkpoint, "checkpoint", overrides, "sd_model_checkpoint",
+                                               options.sd_model_checkpoint, "checkpoint"))
         changes: dict[str, Any] = {"checkpoint": info.name}
         if "clip_skip" not in body.model_fields_set:
             changes["clip_skip"] = overrides.get("CLIP_stop_at_last_layers", options.CLIP_stop_at_last_layers)
-        if body.vae:
-            vae, source = body.vae, "vae"
-        elif overrides.get("sd_vae"):
-            vae, source = overrides["sd_vae"], "override_settings.sd_vae"
-        else:
-            vae, source = options.sd_vae, "sd_vae"
-        changes["vae"] = self.resolve_vae(vae, source)
+        changes["vae"] = self.resolve_vae(*_pick(body.vae, "vae", overrides, "sd_vae", options.sd_vae, "sd_vae"))
         request = body.core(**changes)
         self._check_limits(request, info)
         return request, info
@@ -258,3 +247,13 @@ def caller_dependency(ctx: ApiContext) -> Callable[..., Caller]:
     def caller(request: Request, client: ClientHeader = None) -> Caller:
         return ctx.caller(request, client)
     return caller
+
+
+def _pick(value, field: str, overrides: dict, key: str, option, option_field: str) -> tuple[Any, str]:
+    """(value, the field an error should name): the request's own field, then its
+    override_settings[key], then the caller's option."""
+    if value:
+        return value, field
+    if overrides.get(key):
+        return overrides[key], f"override_settings.{key}"
+    return option, option_field

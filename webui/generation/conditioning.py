@@ -239,6 +239,7 @@ class ScheduledConditioning:
         self.is_static = all(len(s) == 1 for s in self.schedules)
         self.negative = negative
         self._by_step: dict[tuple[str, ...], torch.Tensor] = {}
+        self._pooled: dict[tuple[str, ...], torch.Tensor | None] = {}
 
     def _zeroed(self, texts: tuple[str, ...]) -> bool:
         return self.negative and self.encoder.zero_empty_negative and all(t == "" for t in texts)
@@ -246,11 +247,11 @@ class ScheduledConditioning:
     def pooled_at(self, step: int) -> torch.Tensor | None:
         """[batch, projection] pooled embeddings at `step` (SDXL), or None for models without them."""
         texts = self.texts_at(step)
-        pooled = [self.encoder.pooled(t) for t in texts]
-        if any(p is None for p in pooled):
-            return None
-        out = torch.cat(pooled, dim=0)
-        return torch.zeros_like(out) if self._zeroed(texts) else out
+        if texts not in self._pooled:
+            pooled = [self.encoder.pooled(t) for t in texts]
+            out = None if any(p is None for p in pooled) else torch.cat(pooled, dim=0)
+            self._pooled[texts] = torch.zeros_like(out) if out is not None and self._zeroed(texts) else out
+        return self._pooled[texts]
 
     def texts_at(self, step: int) -> tuple[str, ...]:
         """The prompt texts in force at 0-based `step` (first schedule entry whose end step is >= step)."""

@@ -196,19 +196,28 @@ def prepare_img2img(req: Img2ImgRequest) -> _Prepared:
     return _Prepared(work, work_mask, work, overlay, None)
 
 
+def sdxl_time_ids(model: LoadedModel, req: GenerationParams, rows: int) -> torch.Tensor | None:
+    """SDXL's size/crop numbers (original size, crop top-left, target size): the picture's own size
+    with no crop, as A1111 does; None for models without them."""
+    if model.unet.config.addition_embed_type != "text_time":
+        return None
+    ids = torch.tensor([[req.height, req.width, 0, 0, req.height, req.width]], dtype=torch.float32)
+    return ids.repeat(rows, 1).to(model.device, model.dtype)
+
+
 def sdxl_added_conditioning(model: LoadedModel, req: GenerationParams, cond: ScheduledConditioning,
-                            uncond: ScheduledConditioning | None, step: int) -> dict | None:
-    """SDXL's extra UNet inputs: the pooled text embedding and the size/crop numbers (original size,
-    crop top-left, target size), here the picture's own size with no crop, as A1111 does."""
+                            uncond: ScheduledConditioning | None, step: int,
+                            time_ids: torch.Tensor | None = None) -> dict | None:
+    """SDXL's extra UNet inputs at `step`: the pooled text embedding and the size ids (built here
+    unless the caller built them once for the whole run)."""
     if model.unet.config.addition_embed_type != "text_time":
         return None
     pooled = cond.pooled_at(step)
     if uncond is not None:
         pooled = torch.cat([uncond.pooled_at(step), pooled])
-    ids = torch.tensor([[req.height, req.width, 0, 0, req.height, req.width]], dtype=torch.float32)
-    dtype = model.dtype
-    return {"text_embeds": pooled.to(model.device, dtype),
-            "time_ids": ids.repeat(pooled.shape[0], 1).to(model.device, dtype)}
+    if time_ids is None:
+        time_ids = sdxl_time_ids(model, req, pooled.shape[0])
+    return {"text_embeds": pooled.to(model.device, model.dtype), "time_ids": time_ids}
 
 
 class Engine:
@@ -389,6 +398,7 @@ class Engine:
         guided = req.cfg_scale != 1.0
         length = max(cond.max_length(req.steps), uncond.max_length(req.steps)) if guided else None
         n_steps = max(1, len(timesteps) // getattr(scheduler, "order", 1))
+        time_ids = sdxl_time_ids(model, req, len(seeds) * (2 if guided else 1))
         total = n_steps * req.n_iter
         for i, t in enumerate(timesteps):
             if progress.should_stop():
@@ -401,7 +411,7 @@ class Engine:
                 model_in = torch.cat([model_in, torch.cat([extra, extra]) if guided else extra], dim=1)
             c = cond.at(step, length)
             context = torch.cat([uncond.at(step, length), c]) if guided else c
-            added = sdxl_added_conditioning(model, req, cond, uncond if guided else None, step)
+            added = sdxl_added_conditioning(model, req, cond, uncond if guided else None, step, time_ids)
             pred = model.unet(model_in.to(dtype), t, encoder_hidden_states=context.to(dtype),
                               added_cond_kwargs=added).sample.float()
             if guided:

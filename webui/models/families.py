@@ -118,11 +118,10 @@ def text_width(sd: dict[str, torch.Tensor], name: str) -> int:
 def _yaml_params(yaml_config: dict | None, filename: str) -> dict:
     if yaml_config is None:
         return {}
-    try:
-        params = yaml_config["model"]["params"]
-        assert isinstance(params, dict)
-    except (KeyError, TypeError, AssertionError):
-        raise ModelError(f"{filename}: its .yaml has no model.params section (an LDM config is expected)") from None
+    model = yaml_config.get("model")
+    params = model.get("params") if isinstance(model, dict) else None
+    if not isinstance(params, dict):
+        raise ModelError(f"{filename}: its .yaml has no model.params section (an LDM config is expected)")
     out = {}
     if "parameterization" in params:
         value = str(params["parameterization"]).lower()

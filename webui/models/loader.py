@@ -31,7 +31,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from transformers.initialization import no_init_weights
 
 from .catalog import CheckpointInfo
-from .checkpoint_io import read_safetensors_metadata, read_state_dict
+from .checkpoint_io import read_safetensors_keys, read_safetensors_metadata, read_state_dict
 from .errors import ModelError
 from .families import (
     OPENCLIP_PREFIX, XL_CLIP_PREFIX, XL_OPENCLIP_PREFIX, ModelFamily, detect_family, exact_widths,
@@ -95,8 +95,8 @@ def _json(path: Path) -> dict:
 
 def _assign(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, filename: str) -> None:
     """Load `state` into a meta-initialised module by assignment; every parameter must be present."""
-    _check_state(module, state, what, filename)
-    module.load_state_dict({k: state[k] for k in module.state_dict()}, strict=True, assign=True)
+    names = _check_state(module, state, what, filename)
+    module.load_state_dict({k: state[k] for k in names}, strict=True, assign=True)
 
 
 def _match_text_encoder_keys(state: dict[str, torch.Tensor], module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -119,6 +119,17 @@ def _size_from_metadata(meta: dict[str, str], fallback: tuple[int, int]) -> tupl
         return (w, h) if w > 0 and h > 0 else fallback
     except (KeyError, ValueError):
         return fallback
+
+
+def default_size_unloaded(info: CheckpointInfo) -> tuple[int, int]:
+    """A checkpoint's trained size from its header alone: `modelspec.resolution`, else its family's
+    (SDXL, told by its tensor names or folder layout: 1024; others 512)."""
+    if info.is_diffusers_folder:
+        return (1024, 1024) if (info.path / "text_encoder_2").is_dir() else (512, 512)
+    if info.path.suffix != ".safetensors":
+        return (512, 512)
+    xl = f"{XL_OPENCLIP_PREFIX}positional_embedding" in read_safetensors_keys(info.path)
+    return _size_from_metadata(read_safetensors_metadata(info.path), (1024, 1024) if xl else (512, 512))
 
 
 def family_default_size(family: ModelFamily) -> tuple[int, int]:
@@ -210,8 +221,8 @@ def _reusable_modules(reuse: LoadedModel | None, family: ModelFamily, unet_cfg: 
     return [reuse.unet, vae, *encoders]
 
 
-def _check_state(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, filename: str) -> None:
-    """Every tensor `module` holds is in `state`, with its shape; raises ModelError otherwise."""
+def _check_state(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, filename: str) -> list[str]:
+    """Every tensor `module` holds is in `state`, with its shape (raises ModelError otherwise); returns their names."""
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
     if missing:
@@ -224,6 +235,7 @@ def _check_state(module: torch.nn.Module, state: dict[str, torch.Tensor], what: 
         raise ModelError(
             f"{filename}: the {what} tensor {k} has shape {tuple(state[k].shape)}, expected {tuple(expected[k].shape)}"
         )
+    return list(expected)
 
 
 def _swap_weights(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
