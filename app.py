@@ -24,44 +24,67 @@ from webui.settings import Settings, settings_from_args
 if TYPE_CHECKING:  # the heavy imports wait until the flags are parsed (`--help` stays instant)
     from fastapi import FastAPI
 
-    from webui.api import ApiLimits
+    from webui.admission import Admission
     from webui.auth import Gate
+    from webui.extensions.loader import Extensions
     from webui.services import Easel
 
 log = logging.getLogger("easel")
 
 
-def build_app(easel: Easel, settings: Settings, limits: ApiLimits | None = None) -> FastAPI:
+def build_app(easel: Easel, settings: Settings, extensions: Extensions | None = None) -> FastAPI:
     """The whole ASGI app for these settings (also what the tests serve)."""
     from fastapi import FastAPI
 
-    from webui.api import build_api_router
-    from webui.api.canvas import build_canvas_router
+    from webui.admission import Admission
+    from webui.api import ApiContext, build_api_router, build_canvas_router
     from webui.auth import AccessGuard, Accounts, Gate
 
     gate = Gate(Accounts.from_settings(settings))
+    admission = Admission(easel)
+    ctx = ApiContext(easel, admission, gate, extensions)
     app = FastAPI(
         title="Easel", version=webui.__version__, redoc_url=None,
         description="A1111-compatible API (/sdapi/v1) and Easel's job API (/easel/v1).",
         docs_url="/docs" if settings.api else None, openapi_url="/openapi.json" if settings.api else None,
     )
     if settings.api:
-        app.include_router(build_api_router(easel, gate, limits))
-    app.include_router(build_canvas_router(easel, gate))  # the outpaint canvas's endpoint (UI and API)
+        app.include_router(build_api_router(ctx))
+    app.include_router(build_canvas_router(ctx))  # the outpaint canvas's endpoint (UI and API)
+    mount_extension_routes(app, ctx, extensions)
     if not settings.nowebui:
-        mount_ui(app, easel, settings, gate)
+        mount_ui(app, easel, settings, gate, admission, extensions)
     if gate.enabled:
         app.add_middleware(AccessGuard, gate=gate)
     return app
 
 
-def mount_ui(app: FastAPI, easel: Easel, settings: Settings, gate: Gate) -> None:
+def mount_extension_routes(app: FastAPI, ctx, extensions: Extensions | None) -> None:
+    """Each enabled extension's routers, built with the narrow ApiServices; one that fails to build is
+    left out with a log line."""
+    from webui.api import caller_dependency
+    from webui.api.errors import EaselRoute
+    from webui.extensions import ApiServices
+
+    if extensions is None:
+        return
+    services = ApiServices(caller=caller_dependency(ctx), route_class=EaselRoute,
+                           submit=lambda kind, request, caller: ctx.admission.submit(kind, request, caller).job)
+    for name, build in extensions.routers:
+        try:
+            app.include_router(build(services))
+        except Exception as e:
+            log.error("extension %s: its API routes were left out: %s: %s", name, type(e).__name__, e)
+
+
+def mount_ui(app: FastAPI, easel: Easel, settings: Settings, gate: Gate, admission: Admission,
+             extensions: Extensions | None = None) -> None:
     """The Gradio UI at `/`; with logins, Gradio learns each event's user from the same gate."""
     import gradio as gr
 
     from webui.ui.layout import build_ui, launch_kwargs
 
-    blocks = build_ui(easel)
+    blocks = build_ui(easel, admission, gate, extensions)
     blocks.queue(default_concurrency_limit=None)
     gr.mount_gradio_app(
         app, blocks, path="/",
@@ -119,9 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_from_args(argv)
 
+    from webui.extensions.loader import load_extensions
     from webui.services import Easel
 
     easel = Easel.create(settings)
+    extensions = load_extensions(settings, easel.features, easel.options)
     log.info("device %s, dtype %s, %d checkpoint(s) under %s", settings.device, settings.dtype,
              len(easel.manager.list()), ", ".join(str(d) for d in settings.checkpoint_dirs))
     if not settings.skip_load_model_at_start and easel.manager.default_checkpoint() is not None:
@@ -132,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             log.error("could not load the default checkpoint: %s", e)
     warn_if_open(settings)
     try:
-        serve(build_app(easel, settings), settings)
+        serve(build_app(easel, settings, extensions), settings)
     finally:
         easel.close()
     return 0

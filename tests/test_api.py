@@ -17,17 +17,20 @@ from safetensors.torch import save_file
 
 from app import build_app
 from tiny_models import build_tiny_sd
-from webui.api import ApiLimits
+from webui.settings import Limits
 from webui.jobs.queue import JobState
 
 FAST = {"prompt": "a red circle", "steps": 2, "seed": 1234, "width": 64, "height": 64}
 
 
 @contextmanager
-def api_client(easel, limits: ApiLimits | None = None, **changes):
+def api_client(easel, limits: Limits | None = None, **changes):
     easel.manager.preferred = "tiny-a.safetensors"  # the default checkpoint for requests naming none
     settings = replace(easel.settings, api=True, nowebui=True, **changes)
-    with TestClient(build_app(easel, settings, limits)) as client:
+    if limits is not None:
+        settings = replace(settings, limits=limits)
+    easel.settings = settings
+    with TestClient(build_app(easel, settings)) as client:
         yield client
 
 
@@ -363,7 +366,7 @@ def test_a_checkpoint_in_a_subfolder_is_still_found_by_its_name(client):
 
 
 def test_server_limits_refuse_oversized_requests(easel):
-    with api_client(easel, ApiLimits(max_steps=3, max_pixels=64 * 64, max_images=2, max_body_bytes=4096)) as client:
+    with api_client(easel, Limits(max_steps=3, max_pixels=64 * 64, max_batch=2, max_body_bytes=4096)) as client:
         assert client.post("/sdapi/v1/txt2img", json={**FAST, "prompt": "x" * 5000}).status_code == 413
         assert client.post("/sdapi/v1/txt2img", json={**FAST, "steps": 4}).json()["detail"][0]["field"] == "steps"
         big = client.post("/sdapi/v1/txt2img", json={**FAST, "width": 128})

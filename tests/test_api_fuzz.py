@@ -18,10 +18,10 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
 from app import build_app
-from webui.api import ApiLimits
+from webui.settings import Limits
 from webui.generation.samplers import sampler_names, schedule_type_names
 
-TINY = ApiLimits(max_steps=2, max_pixels=64 * 64, max_images=2)
+TINY = Limits(max_steps=2, max_pixels=64 * 64, max_batch=2)
 EXAMPLES_PER_OPERATION_AND_MODE = 3
 EXAMPLES_WITH_A_BODY = 10  # where the inputs are rich: txt2img, jobs, options, png-info
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
@@ -70,7 +70,8 @@ def fuzz(operation, mode: GenerationMode) -> None:
 def test_no_input_causes_a_server_error(easel):
     """(An operation with nothing to get wrong, like GET /sdapi/v1/samplers, has no invalid inputs.)"""
     easel.manager.preferred = "tiny-a.safetensors"
-    app = build_app(easel, replace(easel.settings, api=True, nowebui=True), TINY)
+    easel.settings = replace(easel.settings, api=True, nowebui=True, limits=TINY)
+    app = build_app(easel, easel.settings)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 25

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from test_api import api_client, outputs, png, wait_job
-from webui.api import ApiLimits
+from webui.settings import Limits
 from webui.generation.requests import Img2ImgRequest
 
 FAST = {"prompt": "a green square", "steps": 2, "seed": 21, "sampler_name": "Euler", "cfg_scale": 5}
@@ -136,7 +136,7 @@ def test_what_is_not_an_image_or_not_allowed_gets_a_422_naming_the_field(easel, 
 
 
 def test_limits_size_an_img2img_by_its_init_image(easel):
-    with api_client(easel, ApiLimits(max_pixels=64 * 64)) as client:
+    with api_client(easel, Limits(max_pixels=64 * 64)) as client:
         big = b64(picture(128, 128))
         r = client.post("/sdapi/v1/img2img", json={**FAST, "init_images": [big], "denoising_strength": 0})
         assert r.status_code == 422 and r.json()["detail"][0]["field"] == "width"

@@ -161,7 +161,7 @@ def test_outpaint_job_returns_whole_boxes_with_the_old_pixels_kept(easel):
     box = painted_box(64, 64, painted, seed=5)
     req = OutpaintRequest(prompt="a red circle", steps=2, seed=42, batch_size=2, width=64, height=64, overlap=16,
                           box=box, checkpoint="tiny-a")
-    job = easel.submit_outpaint(req)
+    job = easel.submit("outpaint", req)
     assert job.wait(120) and job.error is None, job.error
     saved = job.result
     assert saved.result.extra["box_kind"] == "outpaint" and saved.result.seeds == [42, 43]
@@ -184,10 +184,11 @@ def b64png(image: Image.Image) -> str:
 
 @pytest.fixture()
 def client(easel):
-    from webui.api.canvas import build_canvas_router
+    from webui.admission import Admission
+    from webui.api import ApiContext, build_canvas_router
 
     app = FastAPI()
-    app.include_router(build_canvas_router(easel))
+    app.include_router(build_canvas_router(ApiContext(easel, Admission(easel))))
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
 

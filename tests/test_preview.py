@@ -58,7 +58,7 @@ def test_taesd_from_models_vae_approx_gives_full_size_previews(tmp_path, caplog)
 def test_jobs_from_easel_use_its_previewer(easel):
     from webui.generation.requests import Txt2ImgRequest
 
-    job = easel.submit_txt2img(Txt2ImgRequest(prompt="a cat", steps=2, width=64, height=64))
+    job = easel.submit("txt2img", Txt2ImgRequest(prompt="a cat", steps=2, width=64, height=64))
     job.wait()
     assert job.previewer == easel.previews.image
     assert (easel.settings.models_dir / "VAE-approx").is_dir()

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
+from webui.images.store import ImageStore
 from webui.generation.zoom import (
     ZoomGeometry, ZoomRequest, frame_count, grow_canvas, inner_alpha_from_feather, run_zoom, save_zoom,
     transition_frame, zoom_in_frames, zoom_out_frames,
@@ -132,7 +133,7 @@ class StopAfter:
 def test_zoom_job_writes_an_mp4_of_the_expected_frames_and_its_keyframes(easel):
     req = ZoomRequest(prompts={0: "a red circle", 1: "a blue square"}, keyframes=2, steps=2, seed=5, fps=8,
                       seconds_per_keyframe=0.5, hold_last=0.25, checkpoint="tiny-a")
-    job = easel.submit_zoom(req)
+    job = easel.submit("zoom", req)
     stages = set()
     while not job.wait(0.05):
         stages.add(job.progress_text())
@@ -174,7 +175,7 @@ def test_interrupted_zoom_keeps_a_video_of_the_keyframes_so_far(easel, tmp_path)
     result = run_zoom(easel.engine, model, req, sink)
     assert result.interrupted and len(result.keyframes) == 2
     assert any(stage.startswith("keyframe 1 of 5") for stage in sink.stages)
-    made = save_zoom(result, tmp_path)
+    made = save_zoom(result, ImageStore(tmp_path))
     assert made.interrupted and made.keyframes == 2 and made.frames == 4 + 1
     reader = iio.get_reader(made.video)
     try:

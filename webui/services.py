@@ -1,8 +1,10 @@
-"""The application's services, built once and passed down: settings, model manager, queue, engine, store.
+"""The application's services, built once and passed down: settings, model manager, queue, engine, store,
+the feature registry and the option keys.
 
-UI callbacks and API routes reach everything through one `Easel` object; nothing is global. Each
-`submit_*` method turns a typed request into a queued job whose work is: get the checkpoint the
-request names from the manager, run the engine, save the images with their infotext.
+UI callbacks and API routes never call `Easel.submit` themselves: they go through admission
+(webui/admission.py), which resolves, checks and owns every job. `submit` is what admission hands the
+queue: a job whose work is to take its models from the manager (pinned while it runs), run the
+engine (or the zoom, or the canvas box), and save through the store.
 """
 from __future__ import annotations
 
@@ -10,11 +12,13 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+from webui.generation.builtins import register_builtins
 from webui.generation.engine import Engine, GenerationResult
+from webui.generation.extension_points import FeatureRegistry
 from webui.generation.outpaint import OutpaintRequest, plan_box
-from webui.generation.requests import Img2ImgRequest, Txt2ImgRequest
+from webui.generation.requests import GenerationParams
 from webui.generation.zoom import ZoomRequest, ZoomVideo, run_zoom, save_zoom
 from webui.images.preview import Previewer
 from webui.images.store import ImageStore
@@ -28,9 +32,14 @@ from webui.models.manager import ModelManager, TierBudget
 from webui.models.speed import prepare as prepare_for_speed
 from webui.models.speed import xformers_problem
 from webui.models.vae import VaeLibrary, apply_vae
+from webui.options import OptionRegistry
 from webui.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# job kind -> the outputs folder its images are saved in
+OUTPUT_FOLDERS = {"txt2img": "txt2img-images", "img2img": "img2img-images", "outpaint": "outpaint-images"}
+JOB_KINDS = (*OUTPUT_FOLDERS, "zoom", "load")
 
 
 @dataclass
@@ -41,14 +50,40 @@ class SavedResult:
     paths: list[Path] = field(default_factory=list)
 
 
+class ModelLease:
+    """The checkpoints one job uses, pinned in the cache until it lets go: between its units of work
+    when it gives others a turn, and when it ends. Called as the engine's `models` source."""
+
+    def __init__(self, easel: "Easel", job: Job):
+        self.easel = easel
+        self.job = job
+        self.held: list[LoadedModel] = []
+
+    def __call__(self, name: str | None, vae: str | None) -> LoadedModel:
+        self.job.set_stage(f"loading {name or 'default checkpoint'}")
+        model = self.easel.load_model(name, vae)
+        self.easel.manager.pin(model)
+        self.held.append(model)
+        self.job.latent_family = model.family.name  # for the job's live previews
+        return model
+
+    def release(self) -> None:
+        for model in self.held:
+            self.easel.manager.unpin(model)
+        self.held.clear()
+
+
 class Easel:
-    def __init__(self, settings: Settings, manager: ModelManager, queue: JobQueue, engine: Engine, store: ImageStore):
+    def __init__(self, settings: Settings, manager: ModelManager, queue: JobQueue, engine: Engine,
+                 store: ImageStore, options: OptionRegistry | None = None):
         self.settings = settings
         self.manager = manager
         self.queue = queue
         self.engine = engine
         self.store = store
-        self.vaes = VaeLibrary(settings.models_dir / "VAE")
+        self.features: FeatureRegistry = engine.features
+        self.options = options or OptionRegistry()
+        self.vaes = VaeLibrary(settings.models_dir / "VAE", manager.catalog.hashes)
         self.previews = Previewer(settings.models_dir / "VAE-approx")
         self.speed = settings.speed
         if self.speed.attention == "xformers":
@@ -61,7 +96,8 @@ class Easel:
     def create(cls, settings: Settings) -> "Easel":
         for sub in ("Stable-diffusion", "VAE", "VAE-approx", "Lora", "embeddings"):
             (settings.models_dir / sub).mkdir(parents=True, exist_ok=True)
-        catalog = Catalog(settings.checkpoint_dirs, HashCache(settings.cache_dir / "hashes.json"))
+        hashes = HashCache(settings.cache_dir / "hashes.json")
+        catalog = Catalog(settings.checkpoint_dirs, hashes, settings.fallback_checkpoints)
         manager = ModelManager(
             catalog, settings.device, settings.dtype,
             device_budget=TierBudget(settings.models_on_device, settings.device_cache_gb),
@@ -69,10 +105,12 @@ class Easel:
             preferred=settings.ckpt,
             offloads=settings.speed.offloads,
         )
-        embeddings = EmbeddingLibrary(settings.models_dir / "embeddings")
+        embeddings = EmbeddingLibrary(settings.models_dir / "embeddings", hashes)
         embeddings.refresh()
-        loras = LoraLibrary(settings.models_dir / "Lora")
-        return cls(settings, manager, JobQueue(), Engine(embeddings, loras), ImageStore(settings.outputs_dir))
+        features = register_builtins(FeatureRegistry())
+        engine = Engine(embeddings, LoraLibrary(settings.models_dir / "Lora", hashes), features, settings.nan_check)
+        store = ImageStore(settings.outputs_dir, hooks=features)
+        return cls(settings, manager, JobQueue(), engine, store)
 
     def close(self) -> None:
         self.queue.shutdown()
@@ -80,7 +118,7 @@ class Easel:
 
     # -- models ----------------------------------------------------------------------------------
     def refresh(self) -> None:
-        """Rescan checkpoints and embeddings (the 🔄 button, the API's refresh-checkpoints)."""
+        """Rescan checkpoints and embeddings (the refresh button, the API's refresh-checkpoints)."""
         self.manager.refresh()
         if self.engine.embeddings is not None:
             self.engine.embeddings.refresh()
@@ -111,62 +149,64 @@ class Easel:
             return None
 
     # -- jobs ------------------------------------------------------------------------------------
-    def submit_txt2img(self, request: Txt2ImgRequest, owner: str = "anonymous", save: bool = True) -> Job:
-        return self._submit("txt2img", request, owner, lambda model, job: self.engine.txt2img(model, request, job),
-                            "txt2img-images" if save else None)
+    def submit(self, kind: str, request: Any, owner: str = "anonymous", save: bool = True) -> Job:
+        """Queue one job of `kind` (JOB_KINDS) for `owner`. Admission calls this after checking the
+        request; nothing else should (tests aside)."""
+        work: Callable[[Job, ModelLease], Any]
+        if kind in ("txt2img", "img2img"):
+            work = self._generation(request, OUTPUT_FOLDERS[kind] if save else None)
+        elif kind == "outpaint":
+            work = self._outpaint(request, OUTPUT_FOLDERS[kind] if save else None)
+        elif kind == "zoom":
+            work = self._zoom(request)
+        elif kind == "load":
+            work = lambda job, lease: lease(request, None).info.title  # noqa: E731
+        else:
+            raise ValueError(f"unknown job kind {kind!r}")
 
-    def submit_img2img(self, request: Img2ImgRequest, owner: str = "anonymous", save: bool = True) -> Job:
-        """img2img, sketch and inpainting (a request with a mask) share one job kind and output folder."""
-        return self._submit("img2img", request, owner, lambda model, job: self.engine.img2img(model, request, job),
-                            "img2img-images" if save else None)
+        def run(job: Job) -> Any:
+            lease = ModelLease(self, job)
+            job.before_yield.append(lease.release)
+            try:
+                return work(job, lease)
+            finally:
+                lease.release()
 
-    def submit_outpaint(self, request: OutpaintRequest, owner: str = "anonymous", save: bool = True) -> Job:
+        checkpoint = request if kind == "load" else request.checkpoint
+        return self.queue.submit(Job(run=run, description=kind, owner=owner, previewer=self.previews.image,
+                                     checkpoint=self.checkpoint_key(checkpoint)))
+
+    def _save(self, job: Job, result: GenerationResult, folder: str | None) -> SavedResult:
+        paths = []
+        if folder is not None and result.images:
+            job.set_stage("saving")
+            paths = [self.store.save(img, info, folder, seed, owner=job.owner)
+                     for img, info, seed in zip(result.images, result.infotexts, result.seeds)]
+        return SavedResult(result, paths)
+
+    def _generation(self, request: GenerationParams, folder: str | None) -> Callable[[Job, ModelLease], Any]:
+        """txt2img, img2img, sketch and inpainting (a request with a mask), or the request's script."""
+        def work(job: Job, lease: ModelLease) -> SavedResult:
+            model = lease(request.checkpoint, request.vae)
+            return self._save(job, self.engine.generate(model, request, job, lease), folder)
+        return work
+
+    def _outpaint(self, request: OutpaintRequest, folder: str | None) -> Callable[[Job, ModelLease], Any]:
         """One box of the outpaint canvas: txt2img, img2img or outpaint by how much of it is painted
         (webui/generation/outpaint.py). Every image comes back as the whole box, ready to lay on the canvas."""
-        def generate(model: LoadedModel, job: Job) -> GenerationResult:
+        def work(job: Job, lease: ModelLease) -> SavedResult:
             plan = plan_box(request)
-            engine_call = self.engine.txt2img if plan.kind == "txt2img" else self.engine.img2img
-            result = engine_call(model, plan.request, job)
+            result = self.engine.generate(lease(request.checkpoint, request.vae), plan.request, job, lease)
             result.images = [plan.finish(image) for image in result.images]
             result.extra["box_kind"] = plan.kind
-            return result
+            return self._save(job, result, folder)
+        return work
 
-        return self._submit("outpaint", request, owner, generate, "outpaint-images" if save else None)
-
-    def _load_for(self, job: Job, request) -> LoadedModel:
-        """The request's checkpoint and VAE, loaded inside its job (so swaps happen between jobs)."""
-        job.set_stage(f"loading {request.checkpoint or 'default checkpoint'}")
-        model = self.load_model(request.checkpoint, request.vae)
-        job.latent_family = model.family.name  # for the job's live previews
-        return model
-
-    def _submit(self, kind: str, request, owner: str,
-                generate: Callable[[LoadedModel, Job], GenerationResult], folder: str | None) -> Job:
-        """Queue one generation: load the checkpoint (and VAE) it names, generate, save the PNGs."""
-        def run(job: Job) -> SavedResult:
-            result = generate(self._load_for(job, request), job)
-            paths = []
-            if folder is not None:
-                job.set_stage("saving")
-                paths = [self.store.save(img, info, folder, seed)
-                         for img, info, seed in zip(result.images, result.infotexts, result.seeds)]
-            return SavedResult(result, paths)
-
-        return self.queue.submit(Job(run=run, description=kind, owner=owner, previewer=self.previews.image,
-                                     checkpoint=self.checkpoint_key(request.checkpoint)))
-
-    def submit_load(self, name: str | None, owner: str = "anonymous") -> Job:
-        """Load (hot-swap to) a checkpoint between jobs, as a job of its own."""
-        return self.queue.submit(Job(run=lambda job: self.load_model(name).info.title, description="load",
-                                     owner=owner, checkpoint=self.checkpoint_key(name)))
-
-    def submit_zoom(self, request: ZoomRequest, owner: str = "anonymous") -> Job:
+    def _zoom(self, request: ZoomRequest) -> Callable[[Job, ModelLease], Any]:
         """An infinite-zoom video: keyframes, then the mp4 under outputs/zoom/DATE/. An interrupted job
         still writes the video of the keyframes it finished."""
-        def run(job: Job) -> ZoomVideo:
-            result = run_zoom(self.engine, self._load_for(job, request), request, job)
+        def work(job: Job, lease: ModelLease) -> ZoomVideo:
+            result = run_zoom(self.engine, lease(request.checkpoint, request.vae), request, job, lease)
             job.set_stage("writing the video")
-            return save_zoom(result, self.store.folder("zoom"))
-
-        return self.queue.submit(Job(run=run, description="zoom", owner=owner, previewer=self.previews.image,
-                                     checkpoint=self.checkpoint_key(request.checkpoint)))
+            return save_zoom(result, self.store, job.owner)
+        return work

@@ -13,6 +13,7 @@ from webui.models.speed import SpeedOptions
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_DEMO = REPO_ROOT / "models" / "Stable-diffusion" / "easel-demo-shapes.safetensors"
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -63,8 +64,38 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also cap the models kept in RAM by size")
     dev.add_argument("--skip-load-model-at-start", action="store_true",
                      help="do not load the default checkpoint at start; it loads on first use")
+    dev.add_argument("--disable-nan-check", action="store_true",
+                     help="do not stop when the UNet or VAE produces NaNs (the picture comes out black)")
+    add_limit_arguments(p)
+    add_extension_arguments(p)
     add_access_arguments(p)
     return p
+
+
+def add_limit_arguments(p: argparse.ArgumentParser) -> None:
+    """What one job may ask for, on every entry path (page, API, canvas, zoom); 0 = no limit."""
+    lim = p.add_argument_group("limits per job (0 = no limit; defaults suit a shared instance)")
+    lim.add_argument("--max-steps", type=int, default=Limits.max_steps, metavar="N",
+                     help=f"sampling steps (default {Limits.max_steps})")
+    lim.add_argument("--max-pixels", type=int, default=Limits.max_pixels, metavar="N",
+                     help=f"width × height of an image (default {Limits.max_pixels}, i.e. 2048×2048)")
+    lim.add_argument("--max-batch", type=int, default=Limits.max_batch, metavar="N",
+                     help=f"images per job, batch size × batch count (default {Limits.max_batch})")
+    lim.add_argument("--max-zoom-keyframes", type=int, default=Limits.max_zoom_keyframes, metavar="N",
+                     help=f"keyframes of an infinite-zoom video (default {Limits.max_zoom_keyframes})")
+    lim.add_argument("--max-job-work", type=float, default=Limits.max_job_work, metavar="MPS",
+                     help="total work of one job in megapixel-steps: images × steps × width × height / 10⁶ "
+                          f"(default {Limits.max_job_work:g}, e.g. 50 images of 512×512 at 150 steps)")
+    lim.add_argument("--max-body-mb", type=float, default=Limits.max_body_bytes / 2**20, metavar="MB",
+                     help=f"largest request body any route reads (default {Limits.max_body_bytes // 2**20})")
+
+
+def add_extension_arguments(p: argparse.ArgumentParser) -> None:
+    ext = p.add_argument_group("extensions")
+    ext.add_argument("--disable-extensions", "--disable-all-extensions", dest="disable_extensions",
+                     action="store_true", help="load no extension from extensions/ (Easel's built-ins still work)")
+    ext.add_argument("--disable-extension", action="append", default=[], metavar="NAME",
+                     help="do not load this extension (repeatable; also `disabled_extensions` in config.json)")
 
 
 def add_access_arguments(p: argparse.ArgumentParser) -> None:
@@ -151,6 +182,30 @@ def public_flags(args: argparse.Namespace) -> dict[str, Any]:
     return flags
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one job may ask for (None = no limit). Checked by admission on every entry path."""
+
+    max_steps: int | None = 150
+    max_pixels: int | None = 2048 * 2048
+    max_batch: int | None = 64
+    max_zoom_keyframes: int | None = 50
+    max_job_work: float | None = 2000.0  # megapixel-steps: images × steps × width × height / 1e6
+    max_body_bytes: int = 256 * 1024 * 1024
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Limits":
+        def cap(value):
+            return None if value is None or value <= 0 else value
+        return cls(cap(args.max_steps), cap(args.max_pixels), cap(args.max_batch), cap(args.max_zoom_keyframes),
+                   cap(args.max_job_work), int(max(1.0, args.max_body_mb) * 2**20))
+
+    @classmethod
+    def none(cls) -> "Limits":
+        """No limits beyond the request types' own (a single user's machine)."""
+        return cls(None, None, None, None, None)
+
+
 @dataclass
 class Settings:
     data_dir: Path
@@ -168,6 +223,10 @@ class Settings:
     device_cache_gb: float | None = None
     ram_cache_gb: float | None = None
     skip_load_model_at_start: bool = False
+    nan_check: bool = True
+    limits: Limits = field(default_factory=Limits)
+    disable_extensions: bool = False
+    disabled_extensions: tuple[str, ...] = ()
     api: bool = False
     nowebui: bool = False
     ui_credentials: dict[str, str] = field(default_factory=dict, repr=False)
@@ -185,6 +244,26 @@ class Settings:
         if self.ckpt_dir is not None:
             dirs.append(self.ckpt_dir)
         return dirs
+
+    @property
+    def fallback_checkpoints(self) -> list[Path]:
+        """Checkpoints listed whatever the data dir: the demo model Easel ships, so a page pointed at an
+        empty --data-dir (a Colab Drive folder, a LAN share) still has a model."""
+        demo = SHIPPED_DEMO
+        inside = any(demo.parent.resolve() == d.resolve() for d in self.checkpoint_dirs if d.exists())
+        return [demo] if demo.is_file() and not inside else []
+
+    @property
+    def extension_dirs(self) -> list[Path]:
+        """extensions/ beside Easel's code, and in the data dir when that is elsewhere."""
+        dirs = [REPO_ROOT / "extensions"]
+        if self.data_dir.resolve() != REPO_ROOT.resolve():
+            dirs.append(self.data_dir / "extensions")
+        return dirs
+
+    @property
+    def config_file(self) -> Path:
+        return self.data_dir / "config.json"
 
     @property
     def outputs_dir(self) -> Path:
@@ -252,6 +331,10 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         device_cache_gb=args.device_cache_gb,
         ram_cache_gb=args.ram_cache_gb,
         skip_load_model_at_start=args.skip_load_model_at_start,
+        nan_check=not args.disable_nan_check,
+        limits=Limits.from_args(args),
+        disable_extensions=args.disable_extensions,
+        disabled_extensions=tuple(args.disable_extension),
         api=args.api or args.nowebui,
         nowebui=args.nowebui,
         ui_credentials=ui_credentials,

@@ -1,28 +1,25 @@
 """The HTTP API: A1111's `/sdapi/v1` dialect and Easel's own `/easel/v1` jobs, on the shared services.
 
-`build_api_router(easel, gate)` returns one FastAPI router; `app.py` mounts it beside the web UI
-(or alone with `--nowebui`). Routes are thin: they turn a request body (a model derived from the
-job request types) into a queued job through `ApiContext`, and the finished job into A1111's
-response shape (txt2img and img2img in `sdapi.py`; Easel's queued jobs, zoom videos included, in
-`jobs.py`; the outpaint canvas's endpoint in `canvas.py`).
+`build_api_router(ctx)` returns one FastAPI router; `app.py` mounts it beside the web UI (or alone
+with `--nowebui`). Routes are thin: they turn a request body (a model derived from the job request
+types) into a job request and hand it to admission (webui/admission.py), and the finished job into
+A1111's response shape (txt2img and img2img in `sdapi.py`; Easel's queued jobs, zoom videos
+included, in `jobs.py`; the outpaint canvas's endpoint in `canvas.py`).
 """
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from webui.auth import Gate
-from webui.services import Easel
-
-from .context import ApiContext, ApiLimits
+from .canvas import build_canvas_router
+from .context import ApiContext, caller_dependency
 from .jobs import easel_router
 from .sdapi import sdapi_router
 
-__all__ = ["ApiLimits", "build_api_router"]
+__all__ = ["ApiContext", "build_api_router", "build_canvas_router", "caller_dependency"]
 
 
-def build_api_router(easel: Easel, gate: Gate | None = None, limits: ApiLimits | None = None) -> APIRouter:
-    ctx = ApiContext(easel, gate, limits)
-    router = APIRouter(max_body_size=ctx.limits.max_body_bytes)
+def build_api_router(ctx: ApiContext) -> APIRouter:
+    router = APIRouter(max_body_size=ctx.easel.settings.limits.max_body_bytes)
     router.include_router(sdapi_router(ctx))
     router.include_router(easel_router(ctx))
     return router

@@ -14,15 +14,16 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 
-from webui.auth import Gate
 from webui.generation.outpaint import OutpaintParams, OutpaintRequest
-from webui.jobs.queue import Job, JobState
-from webui.services import Easel, SavedResult
+from webui.jobs.queue import Job
 
 from .context import ApiContext, Caller, caller_dependency
-from .errors import ApiError, EaselRoute, field_error, validation_response
+from .errors import ApiError, EaselRoute, InvalidFields, field_error
 from .images import decode_image, encode_png
+from .results import generation_result, job_fields, saved_images
+from .schemas import JobView
 
 JOB_KIND = "outpaint"
 
@@ -40,21 +41,12 @@ class Candidate(BaseModel):
     seed: int
 
 
-class CanvasJob(BaseModel):
-    id: str
-    state: JobState
+class CanvasJob(JobView):
     kind: Literal["txt2img", "img2img", "outpaint"] | None = Field(None, description="what the box became")
-    progress: float
-    step: int
-    total_steps: int
-    text: str = Field(description="progress in words, for the page")
-    position: int = Field(description="0 = running or finished, 1 = next, …")
-    error: str | None = None
-    interrupted: bool = False
     candidates: list[Candidate] | None = Field(None, description="once finished")
 
 
-def to_request(body: CanvasGenerateBody, checkpoint: str | None, vae: str) -> OutpaintRequest:
+def to_request(body: CanvasGenerateBody) -> OutpaintRequest:
     """The typed job request; 422 naming `image` when it is not a PNG of exactly the box's size."""
     image = decode_image(body.image, "image")
     try:
@@ -63,31 +55,24 @@ def to_request(body: CanvasGenerateBody, checkpoint: str | None, vae: str) -> Ou
         raise field_error("image", f"is not an image Easel can read ({type(e).__name__})") from None
     if image.size != (body.width, body.height):
         raise field_error("image", f"is {image.width}x{image.height} but the box is {body.width}x{body.height}")
-    params = body.model_dump(exclude={"image", "save_images"}) | {"checkpoint": checkpoint, "vae": vae}
+    params = body.model_dump(exclude={"image", "save_images"})
     return OutpaintRequest(**params, box=image.convert("RGBA"))
 
 
 def canvas_job(job: Job, position: int, with_images: bool = True) -> CanvasJob:
-    saved = job.result if isinstance(job.result, SavedResult) else None
-    result = saved.result if saved else None
+    result = generation_result(job)
     candidates = None
     if with_images and job.done and result is not None:
-        candidates = [Candidate(image=encode_png(im, info), info=info, seed=seed)
-                      for im, info, seed in zip(result.images, result.infotexts, result.seeds)]
-    queued = job.state is JobState.QUEUED and position
-    text = f"Waiting in queue (position {position})" if queued else job.progress_text()
-    return CanvasJob(
-        id=job.id, state=job.state, kind=result.extra.get("box_kind") if result else None,
-        progress=job.progress, step=job.step, total_steps=job.total_steps, text=text, position=position,
-        error=job.error, interrupted=job.interrupted, candidates=candidates,
-    )
+        candidates = [Candidate(image=encode_png(im, info), info=info, seed=seed) for im, info, seed in saved_images(job)]
+    return CanvasJob(**job_fields(job, position), kind=result.extra.get("box_kind") if result else None,
+                     candidates=candidates)
 
 
-def build_canvas_router(easel: Easel, gate: Gate | None = None) -> APIRouter:
-    ctx = ApiContext(easel, gate)
-    router = APIRouter(prefix="/easel/v1/canvas", tags=["Outpaint canvas"], route_class=EaselRoute)
+def build_canvas_router(ctx: ApiContext) -> APIRouter:
+    router = APIRouter(prefix="/easel/v1/canvas", tags=["Outpaint canvas"], route_class=EaselRoute,
+                       max_body_size=ctx.easel.settings.limits.max_body_bytes)
     CallerDep = Annotated[Caller, Depends(caller_dependency(ctx))]
-    queue = easel.queue
+    queue = ctx.easel.queue
 
     def own_job(job_id: str, caller: Caller) -> Job:
         job = ctx.visible_job(job_id, caller)
@@ -96,15 +81,15 @@ def build_canvas_router(easel: Easel, gate: Gate | None = None) -> APIRouter:
         return job
 
     @router.post("/generate", response_model=CanvasJob, status_code=202)
-    def generate(body: CanvasGenerateBody, caller: CallerDep) -> JSONResponse:
+    async def generate(body: CanvasGenerateBody, caller: CallerDep) -> JSONResponse:
         """Queue one box; poll GET /easel/v1/canvas/jobs/{id} for progress and candidates."""
-        info = ctx.resolve_checkpoint(body.checkpoint, "checkpoint")  # names from the listings, never paths
-        vae = ctx.resolve_vae(body.vae, "vae")
-        try:
-            request = to_request(body, info.name, vae)
-        except ValidationError as e:
-            return validation_response(e.errors())
-        job = easel.submit_outpaint(request, owner=caller.owner, save=body.save_images)
+        def admit() -> Job:
+            try:
+                request = to_request(body)
+            except ValidationError as e:
+                raise InvalidFields(e.errors(), prefix=("body",)) from None
+            return ctx.admission.submit(JOB_KIND, request, caller, save=body.save_images).job
+        job = await run_in_threadpool(admit)
         answer = canvas_job(job, queue.position(job), with_images=False)
         return JSONResponse(answer.model_dump(mode="json"), status_code=202,
                             headers={"Location": f"/easel/v1/canvas/jobs/{job.id}"})
@@ -123,3 +108,4 @@ def build_canvas_router(easel: Easel, gate: Gate | None = None) -> APIRouter:
         return canvas_job(job, queue.position(job), with_images=False)
 
     return router
+

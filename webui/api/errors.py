@@ -15,6 +15,8 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
+from webui.generation.errors import FieldError
+
 
 class ApiError(Exception):
     """A refusal with its HTTP status and the field at fault (None when no one field is)."""
@@ -97,6 +99,8 @@ class EaselRoute(APIRoute):
                 return validation_response(e.errors())
             except ApiError as e:
                 return e.response()
+            except FieldError as e:  # admission's and the requests' own refusals
+                return ApiError(422, e.message, e.field).response()
             except HTTPException as e:  # FastAPI's own, e.g. a body that is not UTF-8
                 field = "body" if e.status_code == 400 else None
                 message = "could not be read as UTF-8 JSON" if e.status_code == 400 else str(e.detail)

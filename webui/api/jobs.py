@@ -17,7 +17,7 @@ from fastapi.responses import FileResponse
 
 from webui.generation.zoom import ZoomRequest, ZoomVideo
 
-from .context import ApiContext, Caller, caller_dependency
+from .context import ApiContext, Caller, caller_dependency, job_answer
 from .errors import ApiError, EaselRoute, InvalidFields, field_error, printable
 from .images import decode_image
 from .results import job_status
@@ -57,30 +57,24 @@ def easel_router(ctx: ApiContext) -> APIRouter:
             body = model.model_validate(raw)
         except ValidationError as e:
             raise InvalidFields(e.errors(), prefix=("body",)) from None
-        submit_job = ctx.easel.submit_img2img if kind == "img2img" else ctx.easel.submit_txt2img
-        submission = await run_in_threadpool(ctx.submit, body, caller, submit_job)
-        job = submission.job
-        answer = JobSubmitted(id=job.id, state=job.state, position=queue.position(job), url=f"/easel/v1/jobs/{job.id}")
-        return JSONResponse(answer.model_dump(mode="json"), status_code=202, headers={"Location": answer.url})
+        submission = await run_in_threadpool(ctx.submit, kind, body, caller)
+        return _accepted(submission.job)
 
     @router.post("/zoom", response_model=JobSubmitted, status_code=202,
                  openapi_extra={"requestBody": {"required": True,
                                                 "content": {"application/json": {"schema": _ZOOM_BODY}}}})
     async def submit_zoom(raw: Annotated[dict[str, Any], Body()], caller: CallerDep) -> JSONResponse:
         """Queue an infinite-zoom video; poll GET /easel/v1/jobs/{id}, then fetch GET /easel/v1/jobs/{id}/video."""
-        fields = dict(raw)
-        if isinstance(fields.get("init_image"), str) and fields["init_image"]:
-            fields["init_image"] = decode_image(fields["init_image"], "init_image").convert("RGB")
-        info = ctx.resolve_checkpoint(fields.get("checkpoint"), "checkpoint")
-        fields["checkpoint"] = info.title
-        fields["vae"] = ctx.resolve_vae(fields.get("vae"), "vae")
-        try:
-            request = ZoomRequest.model_validate(fields)
-        except ValidationError as e:
-            raise InvalidFields(e.errors(), prefix=("body",)) from None
-        job = await run_in_threadpool(ctx.easel.submit_zoom, request, caller.owner)
-        answer = JobSubmitted(id=job.id, state=job.state, position=queue.position(job), url=f"/easel/v1/jobs/{job.id}")
-        return JSONResponse(answer.model_dump(mode="json"), status_code=202, headers={"Location": answer.url})
+        def admit():
+            fields = dict(raw)
+            if isinstance(fields.get("init_image"), str) and fields["init_image"]:
+                fields["init_image"] = decode_image(fields["init_image"], "init_image").convert("RGB")
+            try:
+                request = ZoomRequest.model_validate(fields)
+            except ValidationError as e:
+                raise InvalidFields(e.errors(), prefix=("body",)) from None
+            return ctx.admission.submit("zoom", request, caller).job
+        return _accepted(await run_in_threadpool(admit))
 
     @router.get("/jobs/{job_id}/video", response_class=FileResponse)
     def get_video(job_id: str, caller: CallerDep) -> FileResponse:
@@ -107,5 +101,9 @@ def easel_router(ctx: ApiContext) -> APIRouter:
         job = ctx.visible_job(job_id, caller)
         queue.interrupt(job.id, by=caller.owner, admin=caller.admin)
         return job_status(job, queue, with_images=False)
+
+    def _accepted(job) -> JSONResponse:
+        answer = job_answer(job, queue.position(job), f"/easel/v1/jobs/{job.id}")
+        return JSONResponse(answer, status_code=202, headers={"Location": answer["url"]})
 
     return router

@@ -9,6 +9,7 @@ from typing import Any
 
 from webui import __version__
 from webui.generation.engine import GenerationResult
+from webui.generation.fields import described
 from webui.images.infotext import parse_infotext
 from webui.jobs.queue import Job, JobQueue
 from webui.models.errors import ModelError
@@ -33,7 +34,7 @@ async def wait_for(job: Job, queue: JobQueue) -> None:
         raise
 
 
-_FIELD_MESSAGE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*): (.+)$", re.DOTALL)
+_FIELD_MESSAGE = re.compile(r"^([A-Za-z_][A-Za-z0-9_. ]*): (.+)$", re.DOTALL)
 
 
 def failure_error(job: Job) -> ApiError:
@@ -58,8 +59,14 @@ def generation_result(job: Job) -> GenerationResult | None:
     return saved.result if isinstance(saved, SavedResult) else None
 
 
+# infotext keys A1111 reports at the top of `info` rather than in extra_generation_params
+_MAIN_KEYS = {"Steps", "Sampler", "CFG scale", "Seed", "Size", "Model hash", "Model", "VAE hash", "VAE", "Version",
+              "Denoising strength", "Prompt", "Negative prompt", "Size-1", "Size-2"}
+
+
 def a1111_info(job: Job, submission: Submission | None = None) -> dict[str, Any]:
-    """A1111's `info` for a txt2img or img2img job: what was actually run (resolved seeds, size, model)."""
+    """A1111's `info` for a generation job: what was actually run (resolved seeds, size, model), the
+    request's described fields under their API names, and A1111's fixed keys."""
     result = generation_result(job)
     if result is None:  # interrupted while queued, or failed before the first image
         return {"job_id": job.id, "interrupted": job.interrupted, "error": job.error, "infotexts": [],
@@ -67,27 +74,15 @@ def a1111_info(job: Job, submission: Submission | None = None) -> dict[str, Any]
     req = result.request
     first = parse_infotext(result.infotexts[0]) if result.infotexts else {}
     checkpoint = submission.checkpoint if submission else None
-    count = len(result.images)
-    extra = {k: first[k] for k in ("Clip skip", "Schedule type", "Variation seed", "Variation seed strength")
-             if k in first}
-    info: dict[str, Any] = {
-        "prompt": req.prompt,
-        "all_prompts": [req.prompt] * count,
-        "negative_prompt": req.negative_prompt,
-        "all_negative_prompts": [req.negative_prompt] * count,
+    fields = {name for name, _, param in described(type(req)) if param.ui is not None or param.infotext}
+    info: dict[str, Any] = req.model_dump(mode="json", include=fields)
+    info.update({
+        "all_prompts": result.prompts or [req.prompt] * len(result.images),
+        "all_negative_prompts": result.negative_prompts or [req.negative_prompt] * len(result.images),
         "seed": result.seeds[0] if result.seeds else req.seed,
         "all_seeds": result.seeds,
         "subseed": result.subseeds[0] if result.subseeds else req.subseed,
         "all_subseeds": result.subseeds,
-        "subseed_strength": req.subseed_strength,
-        "width": req.width,
-        "height": req.height,
-        "sampler_name": req.sampler_name,
-        "scheduler": req.scheduler,
-        "cfg_scale": req.cfg_scale,
-        "steps": req.steps,
-        "batch_size": req.batch_size,
-        "n_iter": req.n_iter,
         "restore_faces": False,
         "face_restoration_model": None,
         "sd_model_name": first.get("Model") or (checkpoint.model_name if checkpoint else None),
@@ -97,28 +92,34 @@ def a1111_info(job: Job, submission: Submission | None = None) -> dict[str, Any]
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
         "denoising_strength": getattr(req, "denoising_strength", None),
-        "extra_generation_params": extra,
+        "extra_generation_params": {k: v for k, v in first.items() if k not in _MAIN_KEYS},
         "index_of_first_image": 0,
         "infotexts": result.infotexts,
         "styles": [],
         "job_timestamp": job_timestamp(job),
-        "clip_skip": req.clip_skip,
         "is_using_inpainting_conditioning": bool(result.extra.get("inpainting_conditioning")),
         "version": f"easel-{__version__}",
         "job_id": job.id,
         "interrupted": result.interrupted,
         "seconds": round(result.seconds, 3),
-    }
+    })
+    if result.prompts:
+        info["prompt"] = result.prompts[0]
     if submission is not None:
         info["easel_ignored"] = submission.ignored
     return info
 
 
-def encoded_images(job: Job) -> list[str]:
+def saved_images(job: Job) -> list[tuple[Any, str, int]]:
+    """(image, infotext, seed) of each image a finished generation job made."""
     result = generation_result(job)
     if result is None:
         return []
-    return [encode_png(image, text) for image, text in zip(result.images, result.infotexts, strict=True)]
+    return list(zip(result.images, result.infotexts, result.seeds, strict=True))
+
+
+def encoded_images(job: Job) -> list[str]:
+    return [encode_png(image, text) for image, text, _ in saved_images(job)]
 
 
 def generation_response(submission: Submission) -> GenerationResponse:
@@ -130,25 +131,26 @@ def generation_response(submission: Submission) -> GenerationResponse:
     )
 
 
+def job_fields(job: Job, position: int) -> dict[str, Any]:
+    """What every JSON view of a job says (Easel's jobs API, the canvas endpoint): state and progress."""
+    return {
+        "id": job.id, "state": job.state, "stage": job.stage, "progress": job.progress,
+        "eta_seconds": job.eta_seconds, "position": position, "step": job.step, "total_steps": job.total_steps,
+        "error": job.error, "interrupted": job.interrupted, "text": job.progress_text(position),
+    }
+
+
 def job_status(job: Job, queue: JobQueue, with_images: bool = True) -> JobStatus:
     finished = job.done
     return JobStatus(
-        id=job.id,
+        **job_fields(job, queue.position(job)),
         kind=job.description,
         owner=job.owner,
-        state=job.state,
-        stage=job.stage,
-        progress=job.progress,
-        eta_seconds=job.eta_seconds,
-        position=queue.position(job),
-        step=job.step,
-        total_steps=job.total_steps,
-        error=job.error,
         created=job.created,
         started=job.started,
         finished=job.finished,
         images=encoded_images(job) if finished and with_images else None,
-        info=a1111_info(job) if finished and job.description in ("txt2img", "img2img") else None,
+        info=a1111_info(job) if finished and generation_result(job) is not None else None,
     )
 
 

@@ -1,11 +1,11 @@
 """The API's request and response models, derived from the job request types.
 
-`ApiTxt2ImgRequest` *is* a `Txt2ImgRequest` (same fields, defaults, limits and validators) plus
-the A1111 fields that only matter over HTTP: `override_settings`, `save_images`, `send_images`,
-`sampler_index`. Anything else an A1111 client sends (`alwayson_scripts`, `script_args`, `enable_hr`,
-`restore_faces`, …) is accepted, kept in `model_extra`, echoed in `parameters` and named in the
-`info` as ignored, never silently treated as applied. `null` means "the default", as A1111 clients
-send it.
+`ApiTxt2ImgRequest` *is* a `Txt2ImgRequest` (same fields, defaults, limits and validators, including
+`alwayson_scripts`, `script_name`/`script_args` and `override_settings`) plus the A1111 fields that
+only matter over HTTP: `save_images`, `send_images`, `sampler_index`. Anything else an A1111 client
+sends (`enable_hr`, `restore_faces`, …) is accepted, kept in `model_extra`, echoed in `parameters`
+and named in the `info` as ignored, never silently treated as applied. `null` means "the default",
+as A1111 clients send it.
 
 `ApiImg2ImgRequest` is `Img2ImgRequest`'s fields minus its two PIL images (`init_image`, `mask`),
 which arrive instead as A1111's base64 `init_images` (the first is used) and `mask`; `core()` decodes
@@ -17,12 +17,10 @@ from abc import abstractmethod
 
 import math
 from copy import copy
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
-from pydantic.fields import FieldInfo
 
-from webui.generation import masks
 from webui.generation.requests import GenerationParams, Img2ImgRequest, Txt2ImgRequest
 from webui.jobs.queue import JobState
 
@@ -82,9 +80,6 @@ class A1111Fields(JsonSafe):
 
     sampler_index: str | None = Field(None, description="A1111's old name for sampler_name; used only when "
                                                         "sampler_name is not given")
-    override_settings: dict[str, Any] = Field(default_factory=dict, description=(
-        "options for this request only (sd_model_checkpoint, CLIP_stop_at_last_layers, sd_vae); never "
-        "changes anyone's options"))
     override_settings_restore_afterwards: bool = Field(True, description="always effectively true in Easel")
     save_images: bool = Field(False, description="also write the PNGs to outputs/ (A1111's API default: false)")
     send_images: bool = Field(True, description="return the images in the response")
@@ -126,8 +121,8 @@ class ApiGenerationRequest(GenerationParams, A1111Fields):
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
     @abstractmethod
-    def core(self, **changes: Any) -> GenerationParams:
-        """The plain job request for the engine, with `changes` applied (validated again)."""
+    def core(self) -> GenerationParams:
+        """The plain job request (validated again by its own type)."""
 
 
 class ApiTxt2ImgRequest(Txt2ImgRequest, ApiGenerationRequest):
@@ -135,10 +130,13 @@ class ApiTxt2ImgRequest(Txt2ImgRequest, ApiGenerationRequest):
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
-    def core(self, **changes: Any) -> Txt2ImgRequest:
-        """The plain job request the engine runs (validated again, with `changes` applied)."""
-        fields = self.model_dump(include=set(Txt2ImgRequest.model_fields))
-        return Txt2ImgRequest.model_validate(fields | changes)
+    def core(self) -> Txt2ImgRequest:
+        """The plain job request the engine runs (validated again)."""
+        fields = {name: getattr(self, name) for name in Txt2ImgRequest.model_fields if name in self.model_fields_set}
+        try:
+            return Txt2ImgRequest.model_validate(fields)
+        except ValidationError as e:
+            raise InvalidFields(e.errors(), prefix=("body",)) from None
 
 
 class EaselTxt2ImgJob(ApiTxt2ImgRequest):
@@ -189,24 +187,18 @@ class ApiImg2ImgRequest(Img2ImgParams, ApiGenerationRequest):  # type: ignore[mi
         mask = _load(self.mask, "mask") if self.mask and self.mask.strip() else None
         return init, mask
 
-    def core(self, **changes: Any) -> Img2ImgRequest:
-        """The plain job request the engine runs, images decoded (validated again, with `changes` applied).
-        An empty mask is refused here, before the job is queued."""
+    def core(self) -> Img2ImgRequest:
+        """The plain job request the engine runs, images decoded (validated again: an empty mask is
+        refused here, before the job is queued)."""
         init, mask = self.images()
-        fields = self.model_dump(include=set(Img2ImgRequest.model_fields) - set(_PIL_FIELDS))
+        fields = {name: getattr(self, name) for name in Img2ImgRequest.model_fields
+                  if name not in _PIL_FIELDS and name in self.model_fields_set}
         try:
-            request = Img2ImgRequest.model_validate(fields | changes | {"init_image": init, "mask": mask})
+            return Img2ImgRequest.model_validate(fields | {"init_image": init, "mask": mask})
         except ValidationError as e:
             errors = [{**err, "loc": tuple(_IMAGE_LOCS.get(str(p), p) for p in err.get("loc", ()))}
                       for err in e.errors()]
             raise InvalidFields(errors, prefix=("body",)) from None
-        if mask is not None:
-            sharp = masks.prepare_mask(mask, init.size, 0, bool(request.inpainting_mask_invert))
-            if masks.mask_is_empty(sharp):
-                what = "white" if request.inpainting_mask_invert else "black"
-                raise field_error("mask", f"the mask is empty (all {what} for this inpainting_mask_invert): "
-                                          "paint the area to regenerate, or leave the mask out for img2img")
-        return request
 
 
 _IMAGE_MODES = {"1", "L", "P", "RGB", "RGBA", "LA", "PA", "I", "I;16", "F", "CMYK", "YCbCr"}  # the engine reads these
@@ -232,43 +224,10 @@ class EaselImg2ImgJob(ApiImg2ImgRequest):
 EASEL_JOB_KINDS: dict[str, type[ApiGenerationRequest]] = {"txt2img": EaselTxt2ImgJob, "img2img": EaselImg2ImgJob}
 
 
-def _with_limits(f: FieldInfo) -> Any:
-    """A field's type with its constraints (ge, le, …) attached, to reuse in another model."""
-    return Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation
+class OptionsUpdateBase(JsonSafe):
+    """POST /sdapi/v1/options: every option optional; unknown keys are accepted and reported as ignored."""
 
-
-_CLIP_SKIP = GenerationParams.model_fields["clip_skip"]
-
-
-class ApiOptions(BaseModel):
-    """The options Easel actually uses. Each caller (user, or API client) has their own set."""
-
-    model_config = ConfigDict(extra="ignore", validate_assignment=True)
-
-    sd_model_checkpoint: str | None = Field(None, description="checkpoint for requests that name none "
-                                                              "(title, name or hash from /sdapi/v1/sd-models)")
-    CLIP_stop_at_last_layers: _with_limits(_CLIP_SKIP) = Field(  # type: ignore[valid-type]  # clip_skip's limits
-        _CLIP_SKIP.default, description="clip skip for requests that do not set clip_skip")
-    samples_format: Literal["png"] = Field("png", description="Easel writes PNG only")
-    sd_vae: str = Field("Automatic", description='VAE for requests that do not set `vae`: "Automatic" (a VAE '
-                                                 'file named after the checkpoint, else its own), "None" (the '
-                                                 "checkpoint's own) or a model_name from /sdapi/v1/sd-vae")
-
-
-class ApiOptionsView(ApiOptions):
-    sd_checkpoint_hash: str | None = Field(None, description="sha256 of sd_model_checkpoint, when known")
-
-
-class _OptionsUpdateBase(JsonSafe):
     model_config = ConfigDict(extra="allow")
-
-
-OptionsUpdate = create_model(  # every option optional (same limits); unknown keys accepted and ignored
-    "OptionsUpdate",
-    __base__=_OptionsUpdateBase,
-    **{name: (_with_limits(f) | None, Field(None, description=f.description))
-       for name, f in ApiOptions.model_fields.items()},
-)
 
 
 class PngInfoRequest(JsonSafe):
@@ -282,6 +241,38 @@ class GenerationResponse(BaseModel):
     images: list[str] = Field(description="base64 PNGs, each with its infotext in the `parameters` chunk")
     parameters: dict[str, Any] = Field(description="the request as Easel read it, defaults filled in")
     info: str = Field(description="JSON: A1111's processing info (seeds, model, infotexts, …)")
+
+
+class ExtensionItem(BaseModel):
+    name: str
+    remote: str | None = None
+    branch: str | None = None
+    commit_hash: str | None = None
+    version: str | None = None
+    commit_date: int | None = None
+    enabled: bool
+    state: str = Field(description="enabled, disabled (switched off) or failed (could not be loaded)")
+    reason: str = ""
+    features: list[str] = Field(default_factory=list, description="the features and scripts it registered")
+
+
+class ScriptList(BaseModel):
+    txt2img: list[str]
+    img2img: list[str]
+
+
+class ScriptArg(BaseModel):
+    label: str
+    value: Any = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+class ScriptInfo(BaseModel):
+    name: str
+    is_alwayson: bool
+    is_img2img: bool
+    args: list[ScriptArg]
 
 
 class OptionsUpdated(BaseModel):
@@ -387,18 +378,25 @@ class JobSubmitted(BaseModel):
     url: str
 
 
-class JobStatus(BaseModel):
+class JobView(BaseModel):
+    """What every JSON view of a job shows (webui.api.results.job_fields)."""
+
     id: str
-    kind: str
-    owner: str
     state: JobState
     stage: str
     progress: float
-    eta_seconds: float | None
+    eta_seconds: float | None = None
     position: int = Field(description="0 = running or finished, 1 = next, …")
     step: int
     total_steps: int
     error: str | None = None
+    interrupted: bool = False
+    text: str = Field("", description="progress in words")
+
+
+class JobStatus(JobView):
+    kind: str
+    owner: str
     created: float
     started: float | None = None
     finished: float | None = None

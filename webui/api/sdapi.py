@@ -14,7 +14,11 @@ import torch
 from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
+from pydantic import Field, create_model
+
+from webui.generation.fields import bounds
 from webui.generation.samplers import SAMPLERS, SCHEDULE_TYPES
+from webui.options import with_limits
 from webui.images.infotext import parse_infotext
 from webui.images.store import read_infotext
 from webui.jobs.queue import Job, JobState
@@ -25,21 +29,24 @@ from .images import decode_image
 from .results import failure_error, generation_response, job_timestamp, preview_base64, wait_for
 from .schemas import (
     ApiImg2ImgRequest,
-    ApiOptionsView,
     ApiTxt2ImgRequest,
     EmbeddingItem,
     Embeddings,
+    ExtensionItem,
     GenerationResponse,
     InterruptResponse,
     LoraItem,
     MemoryResponse,
-    OptionsUpdate,
+    OptionsUpdateBase,
     OptionsUpdated,
     PngInfoRequest,
     PngInfoResponse,
     ProgressResponse,
     ProgressState,
     SamplerItem,
+    ScriptArg,
+    ScriptInfo,
+    ScriptList,
     SchedulerItem,
     SDModelItem,
     SkippedEmbedding,
@@ -47,36 +54,51 @@ from .schemas import (
 )
 
 
+def options_models(ctx: ApiContext) -> tuple[type, type]:
+    """(the options as GET shows them, the POST body: every option optional, same limits), built from the
+    option keys there are (Easel's and the extensions')."""
+    model = ctx.easel.options.model
+    view = create_model("OptionsView", __base__=model, sd_checkpoint_hash=(
+        str | None, Field(None, description="sha256 of sd_model_checkpoint, when known")))
+    update = create_model(  # unknown keys are accepted (and reported as ignored)
+        "OptionsUpdate", __base__=OptionsUpdateBase,
+        **{name: (with_limits(f) | None, Field(None, description=f.description)) for name, f in model.model_fields.items()},
+    )
+    return view, update
+
+
 def sdapi_router(ctx: ApiContext) -> APIRouter:
     router = APIRouter(prefix="/sdapi/v1", tags=["A1111 API"], route_class=EaselRoute)
     CallerDep = Annotated[Caller, Depends(caller_dependency(ctx))]
     easel = ctx.easel
+    OptionsView, OptionsUpdate = options_models(ctx)
 
     @router.post("/txt2img", response_model=GenerationResponse)
     async def txt2img(body: ApiTxt2ImgRequest, caller: CallerDep) -> GenerationResponse:
         """Generate and wait; the job takes its fair turn in the queue like any other."""
-        submission = await run_in_threadpool(ctx.submit, body, caller, easel.submit_txt2img)
+        submission = await run_in_threadpool(ctx.submit, "txt2img", body, caller)
         await wait_for(submission.job, easel.queue)
         return await run_in_threadpool(_finished_response, submission)
 
     @router.post("/img2img", response_model=GenerationResponse)
     async def img2img(body: ApiImg2ImgRequest, caller: CallerDep) -> GenerationResponse:
         """img2img, or inpainting when a mask is given; generates and waits like txt2img."""
-        submission = await run_in_threadpool(ctx.submit, body, caller, easel.submit_img2img)
+        submission = await run_in_threadpool(ctx.submit, "img2img", body, caller)
         await wait_for(submission.job, easel.queue)
         return await run_in_threadpool(_finished_response, submission)
 
-    @router.get("/options", response_model=ApiOptionsView)
+    @router.get("/options", response_model=OptionsView)
     def get_options(caller: CallerDep) -> dict[str, Any]:
         """The caller's options (each user or client has their own)."""
-        return ctx.options_view(caller.owner)
+        return ctx.admission.options_view(caller.owner)
 
     @router.post("/options", response_model=OptionsUpdated)
-    def set_options(body: OptionsUpdate, caller: CallerDep) -> OptionsUpdated:  # type: ignore[valid-type]
-        """Change the caller's options; unknown keys are accepted and ignored. Never loads a model:
-        the next job that needs it does, between jobs."""
+    async def set_options(body: OptionsUpdate, caller: CallerDep) -> OptionsUpdated:  # type: ignore[valid-type]
+        """Change the caller's options; unknown keys are accepted and ignored. A new
+        `sd_model_checkpoint` is loaded first (a job of the caller's, in its fair turn); if it cannot be
+        loaded the answer is a 422 and the previous choice stays, as in A1111."""
         changes = body.model_dump(exclude_unset=True) | dict(body.model_extra or {})
-        updated, ignored = ctx.update_options(caller.owner, changes)
+        updated, ignored = await run_in_threadpool(ctx.admission.set_options, caller, changes)
         return OptionsUpdated(updated=updated, ignored=ignored)
 
     @router.get("/sd-models", response_model=list[SDModelItem])
@@ -146,7 +168,34 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
         skipped = {name: SkippedEmbedding(error=reason) for name, reason in dict(library.skipped).items()}
         return Embeddings(loaded=loaded, skipped=skipped)
 
-    for path in ("/prompt-styles", "/hypernetworks", "/upscalers", "/face-restorers", "/extensions"):
+    @router.get("/scripts", response_model=ScriptList)
+    def scripts(caller: CallerDep) -> ScriptList:
+        """A1111's shape: the scripts (`script_name`) and the always-on features (`alwayson_scripts`) of both
+        tabs; Easel's features serve txt2img and img2img alike unless they say otherwise."""
+        features, whole = easel.features.with_settings(), easel.features.scripts
+        return ScriptList(
+            txt2img=[s.name for s in whole if "txt2img" in s.tabs] + [f.name for f in features if "txt2img" in f.tabs],
+            img2img=[s.name for s in whole if "img2img" in s.tabs] + [f.name for f in features if "img2img" in f.tabs],
+        )
+
+    @router.get("/script-info", response_model=list[ScriptInfo])
+    def script_info(caller: CallerDep) -> list[ScriptInfo]:
+        """Each feature's and script's settings, in the order `args` takes them."""
+        items = [(f, True) for f in easel.features.with_settings()] + [(s, False) for s in easel.features.scripts]
+        return [ScriptInfo(
+            name=item.name, is_alwayson=alwayson, is_img2img="img2img" in item.tabs,
+            args=[ScriptArg(label=name, value=default, minimum=lo, maximum=hi)
+                  for name, default, (lo, hi) in _settings_fields(item.settings)],
+        ) for item, alwayson in items]
+
+    @router.get("/extensions", response_model=list[ExtensionItem])
+    def extensions(caller: CallerDep) -> list[ExtensionItem]:
+        """The extensions found in extensions/: A1111's keys, plus `state` (enabled, disabled, failed) and
+        why (`reason`)."""
+        return [ExtensionItem(name=e.name, enabled=e.enabled, state=e.state, reason=e.reason, features=e.features)
+                for e in ctx.extensions.items]
+
+    for path in ("/prompt-styles", "/hypernetworks", "/upscalers", "/face-restorers"):
         router.add_api_route(path, _empty_list, methods=["GET"], response_model=list[dict[str, Any]],
                              dependencies=[Depends(caller_dependency(ctx))],
                              summary=f"{path[1:]}: none in Easel yet")
@@ -200,6 +249,13 @@ def _empty_list() -> list[dict[str, Any]]:
     return []
 
 
+def _settings_fields(model) -> list:
+    """(name, default, (minimum, maximum)) of a feature's or script's settings, in `args` order."""
+    if model is None:
+        return []
+    return [(name, None if f.is_required() else f.default, bounds(model, name)) for name, f in model.model_fields.items()]
+
+
 def _finished_response(submission: Submission) -> GenerationResponse:
     if submission.job.state is JobState.FAILED:
         raise failure_error(submission.job)
@@ -226,7 +282,7 @@ def _progress(ctx: ApiContext, caller: Caller, skip_current_image: bool) -> Prog
         sampling_step=job.step, sampling_steps=job.total_steps, job_id=job.id, queue_position=position,
         stage=job.stage,
     )
-    text = f"waiting in queue (position {position})" if position else job.progress_text()
+    text = job.progress_text(position)
     return ProgressResponse(
         progress=job.progress, eta_relative=job.eta_seconds or 0.0, state=state,
         current_image=None if skip_current_image else preview_base64(job), textinfo=text,

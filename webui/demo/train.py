@@ -28,7 +28,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from webui.demo.scenes import SceneGenerator, to_tensor_batch
 

@@ -89,6 +89,15 @@ def mask_is_empty(mask: Image.Image) -> bool:
     return np.asarray(mask).max() == 0
 
 
+def check_mask(mask: Image.Image, size: tuple[int, int], invert: bool) -> None:
+    """The one "is there anything to regenerate?" check (every entry path's requests run it).
+    Raises ValueError naming the field `mask`."""
+    if mask_is_empty(prepare_mask(mask, size, 0, invert)):
+        what = "white" if invert else "black"
+        raise ValueError(f"mask: the mask is empty (all {what}{' with Inpaint not masked' if invert else ''}): "
+                         "paint the area to regenerate, or leave the mask out for img2img")
+
+
 def crop_region(mask: Image.Image, padding: int) -> tuple[int, int, int, int]:
     """Bounding box (x1, y1, x2, y2) of the mask's non-zero pixels, grown by `padding`, inside the image."""
     arr = np.asarray(mask)

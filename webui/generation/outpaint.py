@@ -17,7 +17,7 @@ engine request and the paste that finishes it. No models here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from PIL import Image
@@ -25,6 +25,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from scipy import ndimage
 
 from . import masks as M
+from .fields import Param
 from .requests import GenerationParams, Img2ImgRequest, Txt2ImgRequest
 
 MAX_BOX_SIDE = 2048
@@ -50,25 +51,26 @@ class OutpaintParams(GenerationParams):
     painted part of a partly painted box with the "blur" pre-fill ("noise" always samples from 1).
     """
 
-    width: int = Field(DEFAULT_BOX_SIDE, description="box width in pixels, a multiple of 8 from 64 to 2048")
-    height: int = Field(DEFAULT_BOX_SIDE, description="box height in pixels, a multiple of 8 from 64 to 2048")
-    overlap: int = Field(32, ge=0, le=256, description="how far into the existing picture the new part blends, px")
-    prefill: Prefill = Field("blur", description="blur: stretch and blur the surrounding colours into the "
-                                                  "empty part; noise: start the empty part from latent noise")
-    denoising_strength: float = Field(0.75, ge=0.0, le=1.0, description="img2img strength of a fully painted box")
-    outpaint_strength: float = Field(0.9, gt=0.0, le=1.0, description="strength over the empty part ('blur' only)")
-    mask_blur: int = Field(4, ge=0, le=64, description="blur of the sampling mask (the paste uses the feather)")
-
-    @field_validator("width", "height")
-    @classmethod
-    def _dimension(cls, v: int | None) -> int:  # replaces the base class check (4096 there)
-        if v is None:
-            raise ValueError("the box size is required")
-        if not 64 <= v <= MAX_BOX_SIDE:
-            raise ValueError(f"must be between 64 and {MAX_BOX_SIDE} (got {v})")
-        if v % GRID:
-            raise ValueError(f"must be a multiple of {GRID} (got {v})")
-        return v
+    width: Annotated[int, Field(description="box width in pixels, a multiple of 8 from 64 to 2048"),
+                     Param("Box width", infotext="Size", part=0, minimum=64, maximum=MAX_BOX_SIDE, step=GRID)
+                     ] = DEFAULT_BOX_SIDE
+    height: Annotated[int, Field(description="box height in pixels, a multiple of 8 from 64 to 2048"),
+                      Param("Box height", infotext="Size", part=1, minimum=64, maximum=MAX_BOX_SIDE, step=GRID)
+                      ] = DEFAULT_BOX_SIDE
+    overlap: Annotated[int, Field(ge=0, le=256, description="how far into the existing picture the new part "
+                                                            "blends, px"),
+                       Param("Overlap band, px", step=8)] = 32
+    prefill: Annotated[Prefill, Field(description="blur: stretch and blur the surrounding colours into the empty "
+                                                  "part; noise: start the empty part from latent noise"),
+                       Param("The empty part starts from", ui="radio")] = "blur"
+    denoising_strength: Annotated[float, Field(ge=0.0, le=1.0, description="img2img strength of a fully painted box"),
+                                  Param("Denoising strength (covered box)", step=0.01)] = 0.75
+    outpaint_strength: Annotated[float, Field(gt=0.0, le=1.0, description="strength over the empty part ('blur' "
+                                                                          "only)"),
+                                 Param("Outpaint strength", minimum=0.05, step=0.01)] = 0.9
+    mask_blur: Annotated[int, Field(ge=0, le=64, description="blur of the sampling mask (the paste uses the "
+                                                             "feather)"),
+                         Param("Mask blur", ui=None)] = 4
 
 
 class OutpaintRequest(OutpaintParams):

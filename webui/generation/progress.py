@@ -1,4 +1,5 @@
-"""How the engine reports progress and learns it should stop, without knowing who is listening."""
+"""How the engine reports progress, learns it should stop, and lets others have a turn, without knowing
+who is listening (the job queue, a test, a script)."""
 from __future__ import annotations
 
 from typing import Protocol
@@ -7,13 +8,23 @@ import torch
 
 
 class ProgressSink(Protocol):
-    """Implemented by the job queue (and by tests); the engine calls it once per sampling step."""
+    """Implemented by the job queue's jobs (and by tests); the engine calls it once per sampling step.
+
+    A sink may also have `yield_turn() -> bool`: called between batches (and between a zoom's keyframes),
+    it lets other people's queued jobs run first and says whether any did (so the caller re-acquires
+    its model, which may have been moved meanwhile)."""
 
     def on_step(self, step: int, total_steps: int, latents: torch.Tensor | None = None) -> None: ...
 
     def should_stop(self) -> bool: ...
 
     def set_stage(self, text: str) -> None: ...
+
+
+def yield_turn(progress: ProgressSink) -> bool:
+    """Let other owners' jobs run now if the sink can; True when something else ran."""
+    give = getattr(progress, "yield_turn", None)
+    return bool(give()) if give is not None else False
 
 
 class NullProgress:
@@ -27,3 +38,6 @@ class NullProgress:
 
     def set_stage(self, text: str) -> None:
         return None
+
+    def yield_turn(self) -> bool:
+        return False

@@ -1,26 +1,40 @@
 """The typed job requests: one per kind of job, used alike by the web UI, the HTTP API and the tests.
 
-Defaults live here and only here. Field names follow A1111's API (`sampler_name`, `cfg_scale`,
-`n_iter`, …) so the API layer can expose them unchanged. Validation errors name the field.
+Each field is described once, here: pydantic gives its type, default and limits (and the API schema),
+and a `Param` (webui/generation/fields.py) its label, infotext key and widget. Field names are
+A1111's API names (`sampler_name`, `cfg_scale`, `n_iter`, …) so the API exposes them unchanged.
+Validation errors name the field.
+
+Per-feature settings travel in `alwayson_scripts` (A1111's shape: `{"feature name": {"args": [...]}}`
+or the settings by name), and a whole-job script in `script_name` / `script_args`; the feature or
+script that owns them validates them (webui/generation/extension_points.py).
 """
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from webui.images.infotext import parse_infotext
 
-from .samplers import resolve_sampler
+from . import masks as M
+from .fields import Param, check_range, values_from_infotext
+from .samplers import resolve_sampler, sampler_names, schedule_type_names
 
 MAX_BATCH_SIZE = 8
 MAX_BATCH_COUNT = 100
 MAX_SEED = 2**32 - 1
 MAX_IMAGE_PIXELS = 10000 * 10000
+MAX_PROMPT = 20000
 
-Dimension = Annotated[int | None, Field(default=None, description="pixels, a multiple of 8 from 64 to 4096; "
-                                                                "empty = the checkpoint's trained size")]
+
+def _variation(r: "GenerationParams") -> bool:
+    return r.subseed_strength > 0
+
+
+def _has_mask(r: "Img2ImgRequest") -> bool:
+    return r.mask is not None
 
 
 class GenerationParams(BaseModel):
@@ -28,40 +42,58 @@ class GenerationParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    prompt: str = ""
-    negative_prompt: str = ""
-    sampler_name: str = "DPM++ 2M"
-    scheduler: str = Field("Automatic", description="schedule type: Automatic, Uniform, Karras, Exponential")
-    steps: int = Field(20, ge=1, le=500)
-    cfg_scale: float = Field(7.0, ge=0.0, le=30.0)
-    seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1 picks a random seed")
-    subseed: int = Field(-1, ge=-1, le=MAX_SEED, description="variation seed; -1 picks a random one")
-    subseed_strength: float = Field(0.0, ge=0.0, le=1.0)
-    width: Dimension = None
-    height: Dimension = None
-    batch_size: int = Field(1, ge=1, le=MAX_BATCH_SIZE)
-    n_iter: int = Field(1, ge=1, le=MAX_BATCH_COUNT, description="batch count")
-    clip_skip: int = Field(1, ge=1, le=12)
-    checkpoint: str | None = Field(None, description="checkpoint title, name or hash; empty = the default")
-    vae: str | None = Field(None, description='"Automatic" (default), "None" (the checkpoint\'s own) '
-                                              'or a file in models/VAE')
+    prompt: Annotated[str, Field(), Param("Prompt", infotext="Prompt", ui="textarea")] = ""
+    negative_prompt: Annotated[str, Field(), Param("Negative prompt", infotext="Negative prompt", ui="textarea",
+                                                     elem="neg_prompt")] = ""
+    steps: Annotated[int, Field(ge=1, le=500), Param("Sampling steps", infotext="Steps")] = 20
+    sampler_name: Annotated[str, Field(), Param("Sampling method", infotext="Sampler", ui="dropdown",
+                                                          options=sampler_names, elem="sampling")] = "DPM++ 2M"
+    scheduler: Annotated[str, Field(description="schedule type: Automatic, Uniform, Karras, Exponential"),
+                         Param("Schedule type", infotext="Schedule type", ui="dropdown",
+                               options=schedule_type_names)] = "Automatic"
+    cfg_scale: Annotated[float, Field(ge=0.0, le=30.0), Param("CFG Scale", infotext="CFG scale", step=0.5)] = 7.0
+    seed: Annotated[int, Field(ge=-1, le=MAX_SEED, description="-1 picks a random seed"),
+                    Param("Seed", infotext="Seed", ui="number")] = -1
+    width: Annotated[int | None, Field(description="pixels, a multiple of 8 from 64 to 4096; empty = the "
+                                                         "checkpoint's trained size"),
+                     Param("Width", infotext="Size", part=0, minimum=64, maximum=4096, step=8)] = None
+    height: Annotated[int | None, Field(description="pixels, a multiple of 8 from 64 to 4096; empty = the "
+                                                          "checkpoint's trained size"),
+                      Param("Height", infotext="Size", part=1, minimum=64, maximum=4096, step=8)] = None
+    subseed: Annotated[int, Field(ge=-1, le=MAX_SEED, description="variation seed; -1 picks a random one"),
+                       Param("Variation seed", infotext="Variation seed", written=_variation, ui="number")] = -1
+    subseed_strength: Annotated[float, Field(ge=0.0, le=1.0),
+                                Param("Variation strength", infotext="Variation seed strength",
+                                      written=_variation, step=0.01)] = 0.0
+    clip_skip: Annotated[int, Field(ge=1, le=12), Param("Clip skip", infotext="Clip skip",
+                                                           written=lambda r: r.clip_skip > 1)] = 1
+    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH_SIZE), Param("Batch size")] = 1
+    n_iter: Annotated[int, Field(ge=1, le=MAX_BATCH_COUNT, description="batch count"),
+                      Param("Batch count", elem="batch_count")] = 1
+    checkpoint: Annotated[str | None, Field(description="checkpoint title, name or hash; empty = the caller's "
+                                                              "option, else the default"),
+                          Param("Stable Diffusion checkpoint", ui=None)] = None
+    vae: Annotated[str | None, Field(description='"Automatic" (default), "None" (the checkpoint\'s own) or a '
+                                                       "file in models/VAE"), Param("SD VAE", ui=None)] = None
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict, description=(
+        "per-feature settings, A1111's shape: {name: {\"args\": [...]}} (or {name: {field: value}}); "
+        "GET /sdapi/v1/scripts lists the names"))
+    script_name: str | None = Field(None, description="a script that runs the whole job (A1111's script_name)")
+    script_args: list[Any] | dict[str, Any] = Field(default_factory=list, description="the script's settings")
+    override_settings: dict[str, Any] = Field(default_factory=dict, description=(
+        "options for this request only (sd_model_checkpoint, sd_vae, CLIP_stop_at_last_layers, extensions' "
+        "options); never changes anyone's options"))
 
     @field_validator("width", "height")
     @classmethod
-    def _dimension(cls, v: int | None) -> int | None:
-        if v is None:
-            return v
-        if not 64 <= v <= 4096:
-            raise ValueError(f"must be between 64 and 4096 (got {v})")
-        if v % 8:
-            raise ValueError(f"must be a multiple of 8 (got {v})")
-        return v
+    def _dimension(cls, v: int | None, info: ValidationInfo) -> int | None:
+        return check_range(cls, info.field_name, v)
 
     @field_validator("prompt", "negative_prompt")
     @classmethod
     def _text(cls, v: str) -> str:
-        if len(v) > 20000:
-            raise ValueError("is longer than 20000 characters")
+        if len(v) > MAX_PROMPT:
+            raise ValueError(f"is longer than {MAX_PROMPT} characters")
         return v
 
     @model_validator(mode="after")
@@ -103,17 +135,32 @@ class Img2ImgRequest(GenerationParams):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, arbitrary_types_allowed=True)
 
-    init_image: Image.Image = Field(exclude=True, description="the picture to start from")
-    mask: Image.Image | None = Field(None, exclude=True, description="white = regenerate (inpainting)")
-    denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
-    resize_mode: int = Field(0, ge=0, le=3, description="0 Just resize, 1 Crop and resize, 2 Resize and fill, "
-                                                         "3 Just resize (latent upscale)")
-    scale_by: float | None = Field(None, gt=0.0, le=8.0, description="resize by this factor instead of width/height")
-    mask_blur: int = Field(4, ge=0, le=64)
-    inpainting_mask_invert: int = Field(0, ge=0, le=1, description="0 Inpaint masked, 1 Inpaint not masked")
-    inpainting_fill: int = Field(1, ge=0, le=3, description="0 fill, 1 original, 2 latent noise, 3 latent nothing")
-    inpaint_full_res: bool = Field(False, description="Inpaint area: False Whole picture, True Only masked")
-    inpaint_full_res_padding: int = Field(32, ge=0, le=256)
+    init_image: Annotated[Image.Image, Field(exclude=True, description="the picture to start from"),
+                          Param("Image for img2img", ui=None)]
+    mask: Annotated[Image.Image | None, Field(exclude=True, description="white = regenerate (inpainting)"),
+                    Param("Mask", ui=None)] = None
+    denoising_strength: Annotated[float, Field(ge=0.0, le=1.0),
+                                  Param("Denoising strength", infotext="Denoising strength", step=0.01)] = 0.75
+    resize_mode: Annotated[int, Field(ge=0, le=3, description="0 Just resize, 1 Crop and resize, 2 Resize and "
+                                                                 "fill, 3 Just resize (latent upscale)"),
+                           Param("Resize mode", choices=M.RESIZE_MODES, ui="radio")] = 0
+    scale_by: Annotated[float | None, Field(gt=0.0, le=8.0, description="resize by this factor instead of "
+                                                                              "width/height"),
+                        Param("Scale by", ui=None)] = None
+    mask_blur: Annotated[int, Field(ge=0, le=64), Param("Mask blur", infotext="Mask blur", written=_has_mask)] = 4
+    inpainting_mask_invert: Annotated[int, Field(ge=0, le=1, description="0 Inpaint masked, 1 Inpaint not masked"),
+                                      Param("Mask mode", infotext="Mask mode", choices=M.MASK_MODES, ui="radio",
+                                            written=_has_mask, elem="mask_mode")] = 0
+    inpainting_fill: Annotated[int, Field(ge=0, le=3, description="0 fill, 1 original, 2 latent noise, "
+                                                                     "3 latent nothing"),
+                               Param("Masked content", infotext="Masked content", choices=M.MASKED_CONTENT,
+                                     ui="radio", written=_has_mask)] = 1
+    inpaint_full_res: Annotated[bool, Field(description="Inpaint area: False Whole picture, True Only masked"),
+                                Param("Inpaint area", infotext="Inpaint area", choices=M.INPAINT_AREAS, ui="radio",
+                                      written=_has_mask)] = False
+    inpaint_full_res_padding: Annotated[int, Field(ge=0, le=256),
+                                        Param("Only masked padding, pixels", infotext="Masked area padding",
+                                              written=_has_mask, step=4)] = 32
 
     @field_validator("init_image", "mask")
     @classmethod
@@ -122,48 +169,17 @@ class Img2ImgRequest(GenerationParams):
             raise ValueError(f"image is {v.width}x{v.height}; Easel takes up to {MAX_IMAGE_PIXELS // 1_000_000} megapixels")
         return v
 
-
-# infotext key -> (request field, converter); A1111's "paste fields"
-_TO_FIELDS: dict[str, tuple[str, type]] = {
-    "Prompt": ("prompt", str),
-    "Negative prompt": ("negative_prompt", str),
-    "Steps": ("steps", int),
-    "Sampler": ("sampler_name", str),
-    "Schedule type": ("scheduler", str),
-    "CFG scale": ("cfg_scale", float),
-    "Seed": ("seed", int),
-    "Size-1": ("width", int),
-    "Size-2": ("height", int),
-    "Variation seed": ("subseed", int),
-    "Variation seed strength": ("subseed_strength", float),
-    "Clip skip": ("clip_skip", int),
-    "Denoising strength": ("denoising_strength", float),
-    "Mask blur": ("mask_blur", int),
-    "Masked area padding": ("inpaint_full_res_padding", int),
-}
-_CHOICES = {
-    "Mask mode": ("inpainting_mask_invert", ("Inpaint masked", "Inpaint not masked")),
-    "Masked content": ("inpainting_fill", ("fill", "original", "latent noise", "latent nothing")),
-    "Inpaint area": ("inpaint_full_res", ("Whole picture", "Only masked")),
-}
+    @model_validator(mode="after")
+    def _mask_not_empty(self) -> "Img2ImgRequest":
+        if self.mask is not None:
+            M.check_mask(self.mask, self.init_image.size, bool(self.inpainting_mask_invert))
+        return self
 
 
-def fields_from_infotext(text: str) -> dict[str, Any]:
-    """Parsed infotext → request field values (what "send to" and the ↙ paste button fill in).
+def fields_from_infotext(text: str, model: type[BaseModel] = Img2ImgRequest) -> dict[str, Any]:
+    """Parsed infotext → the request fields it names (what "send to" and the ↙ paste button fill in).
     Values that do not convert are skipped rather than failing the whole paste."""
-    out: dict[str, Any] = {}
-    for key, value in parse_infotext(text).items():
-        if key in _TO_FIELDS:
-            name, kind = _TO_FIELDS[key]
-            try:
-                out[name] = kind(float(value)) if kind is int else kind(value)
-            except (TypeError, ValueError):
-                continue
-        elif key in _CHOICES:
-            name, options = _CHOICES[key]
-            if value in options:
-                index = options.index(value)
-                out[name] = bool(index) if name == "inpaint_full_res" else index
+    out = values_from_infotext(parse_infotext(text), model)
     if "sampler_name" in out:  # "DPM++ 2M Karras" (pre-1.9 infotexts) = sampler + schedule type
         try:
             sampler, schedule = resolve_sampler(out["sampler_name"], out.get("scheduler", "Automatic"))

@@ -13,29 +13,28 @@ The algorithm of the best-known A1111 zoom extension (infinite-zoom-automatic111
   without it every transition would start blurred;
 * zoom out plays the frames as made; zoom in plays the same frames backwards.
 
-Frames are produced lazily and streamed to ffmpeg (imageio-ffmpeg ships its own binary): a minute of
-512×512 video is 1,800 frames, too many to hold. Files are written to a temporary name and renamed.
+Frames are produced lazily and streamed to the video writer (webui/images/video.py): a minute of
+512×512 video is 1,800 frames, too many to hold. Keyframes and the video are written by the image
+store, like every other output. Between keyframes the job lets other people's jobs have a turn.
 """
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Literal
+from typing import Annotated, Callable, Iterable, Iterator, Literal
 
-import numpy as np
 from PIL import Image, ImageOps
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from webui.images.store import png_bytes
+from webui.images.store import ImageStore
 
 from . import masks as M
 from .noise import pick_seed
+from .fields import Param
 from .outpaint import OutpaintRequest, default_box_size, plan_box
-from .progress import NullProgress, ProgressSink
+from .progress import NullProgress, ProgressSink, yield_turn
 from .requests import GenerationParams, Txt2ImgRequest
 
 log = logging.getLogger(__name__)
@@ -53,16 +52,23 @@ class ZoomRequest(GenerationParams):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, arbitrary_types_allowed=True)
 
     prompts: dict[int, str] = Field(default_factory=dict, description="keyframe index -> prompt from there on")
-    keyframes: int = Field(4, ge=1, le=200, description="outpaint steps (keyframes after the first image)")
-    direction: Literal["out", "in"] = "out"
-    mask_width: int | None = Field(None, ge=8, description="new border per side and keyframe, px; empty = a "
-                                                           "quarter of the frame width (each step halves)")
-    mask_blur: int | None = Field(None, ge=0, le=256, description="how far the border blends into the shrunk "
-                                                                  "picture, px; empty = a quarter of the mask width")
-    fps: int = Field(30, ge=1, le=120)
-    seconds_per_keyframe: float = Field(1.0, gt=0.0, le=60.0, description="zoom speed")
-    hold_first: float = Field(0.0, ge=0.0, le=60.0, description="seconds the video's first frame is held")
-    hold_last: float = Field(0.0, ge=0.0, le=60.0, description="seconds the video's last frame is held")
+    keyframes: Annotated[int, Field(ge=1, le=200, description="outpaint steps (keyframes after the first image)"),
+                         Param("Outpaint steps (keyframes)")] = 4
+    direction: Annotated[Literal["out", "in"], Field(), Param("Direction", ui="radio")] = "out"
+    mask_width: Annotated[int | None, Field(ge=8, description="new border per side and keyframe, px; empty = a "
+                                                              "quarter of the frame width (each step halves)"),
+                          Param("Mask width, px (0: a quarter of the frame, so each keyframe halves)", minimum=0,
+                                maximum=1016, step=8)] = None
+    mask_blur: Annotated[int | None, Field(ge=0, le=256, description="how far the border blends into the shrunk "
+                                                                     "picture, px; empty = a quarter of the mask width"),
+                         Param("Border blend, px", ui=None)] = None
+    fps: Annotated[int, Field(ge=1, le=120), Param("Frames per second")] = 30
+    seconds_per_keyframe: Annotated[float, Field(gt=0.0, le=60.0, description="zoom speed"),
+                                    Param("Zoom speed: seconds per keyframe", minimum=0.1, step=0.1)] = 1.0
+    hold_first: Annotated[float, Field(ge=0.0, le=60.0, description="seconds the video's first frame is held"),
+                          Param("Hold first frame, s", step=0.5)] = 0.0
+    hold_last: Annotated[float, Field(ge=0.0, le=60.0, description="seconds the video's last frame is held"),
+                         Param("Hold last frame, s", step=0.5)] = 0.0
     init_image: Image.Image | None = Field(None, exclude=True, description="first keyframe instead of txt2img")
 
     @field_validator("prompts")
@@ -270,8 +276,10 @@ def keyframe_params(req: ZoomRequest, k: int) -> dict:
     return params
 
 
-def run_zoom(engine, model, request: ZoomRequest, progress: ProgressSink | None = None) -> ZoomResult:
-    """Make the keyframes (the engine does the sampling); stops early, keeping what is done, when told to."""
+def run_zoom(engine, model, request: ZoomRequest, progress: ProgressSink | None = None,
+             models: Callable | None = None) -> ZoomResult:
+    """Make the keyframes (the engine does the sampling); stops early, keeping what is done, when told to.
+    Between keyframes other owners' jobs may run (`models` gives the model back afterwards)."""
     started = time.perf_counter()
     progress = progress or NullProgress()
     req, geometry = resolve_zoom(request, model.default_size)
@@ -282,6 +290,8 @@ def run_zoom(engine, model, request: ZoomRequest, progress: ProgressSink | None 
         result.keyframes.append(first[0])
         result.infotexts.append(first[1])
     for k in range(1, count):
+        if yield_turn(progress) and models is not None:
+            model = models(req.checkpoint, req.vae)
         if not result.keyframes or progress.should_stop():
             break
         plan = plan_box(OutpaintRequest(**keyframe_params(req, k), box=grow_canvas(result.keyframes[-1], geometry),
@@ -310,44 +320,6 @@ def first_keyframe(engine, model, req: ZoomRequest, progress: KeyframeProgress) 
 
 
 # -- writing -----------------------------------------------------------------------------------------------
-def write_video(frames: Iterable[Image.Image], path: Path, fps: int, size: tuple[int, int]) -> int:
-    """H.264 (yuv420p) mp4 of the frames, written to a temporary name and renamed; returns the count.
-
-    macro_block_size=1: imageio-ffmpeg would otherwise resize sizes that are not multiples of 16
-    (ours are multiples of 8, and yuv420p only needs even sides)."""
-    import imageio_ffmpeg
-
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    count = 0
-    try:
-        writer = imageio_ffmpeg.write_frames(tmp, size, fps=fps, codec="libx264", pix_fmt_out="yuv420p",
-                                             macro_block_size=1, quality=8, ffmpeg_log_level="error")
-        writer.send(None)
-        try:
-            for frame in frames:
-                writer.send(np.ascontiguousarray(np.asarray(frame.convert("RGB"), dtype=np.uint8)))
-                count += 1
-        finally:
-            writer.close()
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return count
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 @dataclass
 class ZoomVideo:
     """What a zoom job leaves behind: `NNNNN-SEED.mp4` and `NNNNN-SEED/keyframe-KKK.png` in one folder."""
@@ -363,33 +335,17 @@ class ZoomVideo:
     info: str
 
 
-def reserve_name(folder: Path, seed: int) -> Path:
-    """A fresh `NNNNN-SEED` folder; mkdir fails rather than reuse a name another job just took."""
-    folder.mkdir(parents=True, exist_ok=True)
-    numbers = [int(p.name.split("-")[0]) for p in folder.iterdir() if p.name.split("-")[0].isdigit()]
-    number = max(numbers, default=-1) + 1
-    while True:
-        target = folder / f"{number:05d}-{seed}"
-        try:
-            target.mkdir()
-            return target
-        except FileExistsError:
-            number += 1
-
-
-def save_zoom(result: ZoomResult, folder: Path) -> ZoomVideo:
-    """Keyframes (PNG with infotext) and the video of whatever keyframes there are."""
+def save_zoom(result: ZoomResult, store: ImageStore, owner: str | None = None) -> ZoomVideo:
+    """Keyframes (PNG with infotext) and the video of whatever keyframes there are, through the store:
+    `outputs/zoom/DATE/NNNNN-SEED/keyframe-KKK.png` and `NNNNN-SEED.mp4`."""
     req = result.request
     size = (result.geometry.width, result.geometry.height)
     if not result.keyframes:
         return ZoomVideo(None, [], 0, req.fps, size, 0, True, result.seconds, "")
-    target = reserve_name(folder, req.seed)
-    paths = []
-    for k, (image, info) in enumerate(zip(result.keyframes, result.infotexts)):
-        path = target / f"keyframe-{k:03d}.png"
-        write_atomic(path, png_bytes(image, info or None))
-        paths.append(path)
+    target = store.reserve("zoom", req.seed)
+    paths = [store.save(image, info or None, "zoom", owner=owner, folder=target, name=f"keyframe-{k:03d}")
+             for k, (image, info) in enumerate(zip(result.keyframes, result.infotexts))]
     video = target.with_suffix(".mp4")
-    frames = write_video(result.frames(), video, req.fps, size)
+    frames = store.save_video(result.frames(), video, req.fps, size)
     return ZoomVideo(video, paths, frames, req.fps, size, len(result.keyframes), result.interrupted,
                      result.seconds, result.infotexts[-1] if result.infotexts else "")

@@ -16,14 +16,6 @@ import json
 import re
 from typing import Any
 
-# A1111's order for the fields Easel writes; unknown extra fields follow in their given order.
-FIELD_ORDER = (
-    "Steps", "Sampler", "Schedule type", "CFG scale", "Image CFG scale", "Seed", "Size", "Model hash", "Model",
-    "VAE hash", "VAE", "Variation seed", "Variation seed strength", "Seed resize from", "Denoising strength",
-    "Mask blur", "Mask mode", "Masked content", "Inpaint area", "Masked area padding", "Clip skip", "RNG",
-    "Lora hashes", "TI hashes", "Version",
-)
-
 _PARAM = re.compile(r'\s*([\w][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
 
@@ -43,9 +35,9 @@ def _format(value: Any) -> str:
 
 
 def create_infotext(prompt: str, negative_prompt: str, params: dict[str, Any]) -> str:
-    """The infotext for one image; `params` with None values are left out."""
-    ordered = [k for k in FIELD_ORDER if k in params] + [k for k in params if k not in FIELD_ORDER]
-    fields = ", ".join(f"{k}: {quote(params[k])}" for k in ordered if params[k] is not None)
+    """The infotext for one image: the fields in the order given (webui.generation.fields decides it
+    from the requests' declarations); None values are left out."""
+    fields = ", ".join(f"{k}: {quote(v)}" for k, v in params.items() if v is not None)
     lines = [prompt]
     if negative_prompt:
         lines.append(f"Negative prompt: {negative_prompt}")

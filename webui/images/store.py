@@ -1,24 +1,36 @@
-"""Writing generated images to `outputs/`, A1111-style: `<kind>/YYYY-MM-DD/NNNNN-SEED.png`.
+"""The one writer of output files: `outputs/<kind>/YYYY-MM-DD/NNNNN-SEED.png` (A1111's layout), videos too.
 
 Each PNG carries its infotext in the `parameters` text chunk. A file is written to a temporary name
 in the same folder and then hard-linked to its final name, which fails instead of overwriting when
 the name is taken (another process, another Easel): the counter moves on and tries again, and no
 half-written file is ever visible under a final name.
+
+Every image goes through `SaveHooks`: `before_save` may change the image or its infotext, and
+`after_save` is told the saved path, owner and parameters once the file is on disk (the gallery
+indexes images from there). Generation jobs, zoom keyframes and canvas boxes all save here.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import errno
 import io
+import logging
 import os
 import re
 import tempfile
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol
 
 from PIL import Image, PngImagePlugin
 
+from .infotext import parse_infotext
+from .video import write_video
+
+log = logging.getLogger(__name__)
 _NUMBERED = re.compile(r"^(\d{5,})-")
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def png_bytes(image: Image.Image, infotext: str | None) -> bytes:
@@ -39,16 +51,46 @@ def read_infotext(image: Image.Image) -> str | None:
     return text
 
 
-class ImageStore:
-    """Saves images under one outputs folder; thread-safe."""
+@dataclass
+class PendingSave:
+    """An image about to be written; `before_save` hooks may replace `image` or `infotext`."""
 
-    def __init__(self, outputs_dir: Path, today=_dt.date.today):
+    image: Image.Image
+    infotext: str | None
+    kind: str  # the outputs sub-folder: txt2img-images, img2img-images, zoom, …
+    owner: str | None
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class SavedImage:
+    """The event after an image is on disk."""
+
+    path: Path
+    owner: str | None
+    kind: str
+    infotext: str | None
+    parameters: dict[str, Any] = field(default_factory=dict)  # the infotext, parsed
+
+
+class SaveHooks(Protocol):
+    def before_save(self, pending: PendingSave) -> None: ...
+
+    def after_save(self, saved: SavedImage) -> None: ...
+
+
+class ImageStore:
+    """Saves images and videos under one outputs folder; thread-safe."""
+
+    def __init__(self, outputs_dir: Path, today: Callable[[], _dt.date] = _dt.date.today,
+                 hooks: SaveHooks | None = None):
         self.outputs_dir = Path(outputs_dir)
         self._today = today
         self._lock = threading.Lock()
+        self.hooks = hooks
 
     def folder(self, kind: str) -> Path:
-        if not re.fullmatch(r"[A-Za-z0-9_-]+", kind):
+        if not _NAME.fullmatch(kind):
             raise ValueError(f"bad output kind {kind!r}")
         return self.outputs_dir / kind / self._today().isoformat()
 
@@ -57,11 +99,60 @@ class ImageStore:
         numbers = [int(m.group(1)) for p in folder.iterdir() if (m := _NUMBERED.match(p.name))]
         return max(numbers, default=-1) + 1
 
-    def save(self, image: Image.Image, infotext: str | None, kind: str, seed: int | None = None) -> Path:
-        data = png_bytes(image, infotext)
-        folder = self.folder(kind)
+    def save(self, image: Image.Image, infotext: str | None, kind: str, seed: int | None = None, *,
+             owner: str | None = None, folder: Path | None = None, name: str | None = None) -> Path:
+        """Write one PNG and announce it. By default as the next `NNNNN-SEED.png` of the kind's dated
+        folder; `folder` + `name` write a fixed name inside a folder from `reserve` (zoom keyframes)."""
+        pending = PendingSave(image, infotext, kind, owner, seed)
+        if self.hooks is not None:
+            self.hooks.before_save(pending)
+        data = png_bytes(pending.image, pending.infotext)
+        if name is not None:
+            if folder is None or not _NAME.fullmatch(name) or not folder.resolve().is_relative_to(self.outputs_dir.resolve()):
+                raise ValueError(f"bad output name {name!r}")
+            path = self._write_new(folder, data, lambda _: f"{name}.png", single=True)
+        else:
+            suffix = f"-{seed}" if seed is not None else ""
+            path = self._write_new(self.folder(kind), data, lambda n: f"{n:05d}{suffix}.png")
+        if self.hooks is not None:
+            try:
+                self.hooks.after_save(SavedImage(path, owner, kind, pending.infotext,
+                                                 parse_infotext(pending.infotext) if pending.infotext else {}))
+            except Exception:  # a listener's bug never loses the saved file or fails the job
+                log.exception("an after-save hook failed for %s", path)
+        return path
+
+    def reserve(self, kind: str, seed: int) -> Path:
+        """A fresh `NNNNN-SEED` folder in the kind's dated folder (mkdir fails rather than reuse a name
+        another job just took); a video beside it is `NNNNN-SEED.mp4`."""
+        parent = self.folder(kind)
+        parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            number = self._next_number(parent)
+            while True:
+                target = parent / f"{number:05d}-{seed}"
+                try:
+                    target.mkdir()
+                    return target
+                except FileExistsError:
+                    number += 1
+
+    def save_video(self, frames: Iterable[Image.Image], path: Path, fps: int, size: tuple[int, int]) -> int:
+        """An mp4 at `path` (inside the outputs folder), written to a temporary name and renamed."""
+        if not path.resolve().parent.is_relative_to(self.outputs_dir.resolve()):
+            raise ValueError(f"{path} is outside the outputs folder")
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+        os.close(fd)
+        try:
+            count = write_video(frames, Path(tmp), fps, size)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return count
+
+    def _write_new(self, folder: Path, data: bytes, name_for: Callable[[int], str], single: bool = False) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
-        suffix = f"-{seed}" if seed is not None else ""
         with self._lock:
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
             try:
@@ -69,18 +160,22 @@ class ImageStore:
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
-                number = self._next_number(folder)
+                number = 0 if single else self._next_number(folder)
                 while True:
-                    final = folder / f"{number:05d}{suffix}.png"
+                    final = folder / name_for(number)
                     try:
                         os.link(tmp, final)
-                        break
+                        return final
                     except FileExistsError:
+                        if single:
+                            raise
                         number += 1
                     except OSError as e:  # file systems without hard links
                         if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
                             raise
                         if final.exists():
+                            if single:
+                                raise FileExistsError(final) from None
                             number += 1
                             continue
                         os.replace(tmp, final)
@@ -88,4 +183,3 @@ class ImageStore:
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
-        return final

@@ -10,6 +10,11 @@ owner with work gets one turn before anyone gets a second), an owner whose next 
 checkpoint that is already loaded goes first, which saves a model swap without making anyone wait
 more than one round. Models are swapped by the jobs themselves, so a swap only ever happens
 between two jobs, never during one.
+
+Long jobs (many batches, videos, training) call `job.yield_turn()` between their units of work: if
+another owner has a job waiting, the worker runs that one job right there, then the long job goes
+on (it takes its model back first: the job in between may have swapped it away). So a short job
+waits for one unit of a long job, not for all of it.
 """
 from __future__ import annotations
 
@@ -61,6 +66,8 @@ class Job:
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
     _callbacks: list[Callable[["Job"], None]] = field(default_factory=list, repr=False)
     _callbacks_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _yielder: Callable[[], bool] | None = field(default=None, repr=False)  # set by the queue while it runs
+    before_yield: list[Callable[[], None]] = field(default_factory=list, repr=False)  # e.g. release model pins
 
     # -- the ProgressSink the engine talks to ---------------------------------------------------
     def on_step(self, step: int, total_steps: int, latents: torch.Tensor | None = None) -> None:
@@ -79,6 +86,11 @@ class Job:
 
     def set_stage(self, text: str) -> None:
         self.stage = text
+
+    def yield_turn(self) -> bool:
+        """Let one queued job of another owner run now (on this worker, between two units of this job);
+        True when one did."""
+        return self._yielder() if self._yielder is not None else False
 
     # -- what clients use -------------------------------------------------------------------------
     def interrupt(self) -> None:
@@ -135,9 +147,10 @@ class Job:
             except Exception:  # a listener's bug must not take the worker down
                 log.exception("done-callback of job %s failed", self.id)
 
-    def progress_text(self) -> str:
+    def progress_text(self, position: int = 0) -> str:
+        """The job's state in words, the one way every view says it."""
         if self.state is JobState.QUEUED:
-            return "waiting in queue"
+            return f"Waiting in queue (position {position})" if position else "Waiting in queue"
         if self.state is JobState.RUNNING:
             if self.total_steps:
                 eta = self.eta_seconds
@@ -180,9 +193,12 @@ class FairOrder:
     def jobs(self) -> list[Job]:
         return [job for queue in self._queues.values() for job in queue]
 
-    def pop(self) -> Job | None:
-        """Take the next job to run and advance the round."""
-        owner, new_round = self._next_owner(self._queues, self._served, self.loaded)
+    def pop(self, exclude: str | None = None) -> Job | None:
+        """Take the next job to run and advance the round (`exclude`: not this owner's, for a turn given
+        away by a running job of theirs)."""
+        queues = self._queues if exclude is None else OrderedDict((o, q) for o, q in self._queues.items()
+                                                                  if o != exclude)
+        owner, new_round = self._next_owner(queues, self._served - {exclude}, self.loaded)
         if owner is None:
             return None
         if new_round:
@@ -241,7 +257,7 @@ class JobQueue:
         self._jobs: dict[str, Job] = {}
         self._finished_order: deque[str] = deque()
         self._keep_finished = keep_finished
-        self._current: Job | None = None
+        self._running: list[Job] = []  # the job running, and the one that gave it its turn (if any)
         self._closed = False
         self._worker = threading.Thread(target=self._work, name=name, daemon=True)
         self._worker.start()
@@ -269,8 +285,14 @@ class JobQueue:
 
     @property
     def current(self) -> Job | None:
+        """The job running on the worker now."""
         with self._cond:
-            return self._current
+            return self._running[-1] if self._running else None
+
+    def running(self) -> list[Job]:
+        """Every job started and not finished: the one running, and one that gave it its turn."""
+        with self._cond:
+            return list(self._running)
 
     def pending(self) -> list[Job]:
         """Queued jobs in the order they are expected to run."""
@@ -306,8 +328,8 @@ class JobQueue:
                 job.interrupt()
                 self._order.remove(job)
                 self._finish(job, JobState.INTERRUPTED)
-            if self._current is not None:
-                self._current.interrupt()
+            for job in self._running:
+                job.interrupt()
             self._cond.notify_all()
         self._worker.join(timeout)
 
@@ -328,20 +350,42 @@ class JobQueue:
                 job = self._order.pop()
                 if job is None:  # closed and drained
                     return
-                self._current = job
-                job.state = JobState.RUNNING
-                job.started = time.time()
-                job.stage = "starting"
-            state = JobState.DONE
-            try:
-                job.result = job.run(job)
-                if job.interrupted:
-                    state = JobState.INTERRUPTED
-            except Exception as e:  # a job's failure must never take the worker down
-                log.exception("job %s failed", job.id)
-                job.error = f"{e}" or type(e).__name__
-                job.error_type = type(e)
-                state = JobState.FAILED
-            with self._cond:
-                self._current = None
-                self._finish(job, state)
+            self._execute(job, may_yield=True)
+
+    def _give_turn(self, running: Job) -> bool:
+        """Called by a running job between its units: run one waiting job of another owner, now."""
+        with self._cond:
+            if self._closed or len(self._running) != 1 or self._running[0] is not running:
+                return False
+            other = self._order.pop(exclude=running.owner)
+        if other is None:
+            return False
+        for release in running.before_yield:
+            release()
+        log.info("job %s (%s) gives job %s (%s) a turn", running.id, running.owner, other.id, other.owner)
+        self._execute(other, may_yield=False)
+        return True
+
+    def _execute(self, job: Job, may_yield: bool) -> None:
+        with self._cond:
+            self._running.append(job)
+            job.state = JobState.RUNNING
+            job.started = time.time()
+            job.stage = "starting"
+        if may_yield:
+            job._yielder = lambda: self._give_turn(job)
+        state = JobState.DONE
+        try:
+            job.result = job.run(job)
+            if job.interrupted:
+                state = JobState.INTERRUPTED
+        except Exception as e:  # a job's failure must never take the worker down
+            log.exception("job %s failed", job.id)
+            job.error = f"{e}" or type(e).__name__
+            job.error_type = type(e)
+            state = JobState.FAILED
+        finally:
+            job._yielder = None
+        with self._cond:
+            self._running.remove(job)
+            self._finish(job, state)

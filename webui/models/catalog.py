@@ -41,7 +41,8 @@ def legacy_model_hash(path: Path) -> str:
 
 
 class HashCache:
-    """sha256 and legacy hashes of files, persisted as JSON; thread-safe."""
+    """sha256 and legacy hashes of files, persisted as JSON; thread-safe. The one place Easel hashes
+    model files: checkpoints, VAEs, LoRAs and embeddings all go through it."""
 
     def __init__(self, path: Path | None):
         self._path = path
@@ -75,6 +76,10 @@ class HashCache:
             self._save_locked()
         return entry
 
+    def sha256(self, path: Path) -> str:
+        """The sha256 of one file (cached by path, size and mtime)."""
+        return self.get([path])["sha256"]
+
     def _save_locked(self) -> None:
         if self._path is None:
             return
@@ -91,6 +96,7 @@ class CheckpointInfo:
     path: Path
     name: str  # relative to its root folder, with extension (A1111's `name`)
     is_diffusers_folder: bool = False
+    fallback: bool = False  # listed whatever the folders hold (the shipped demo model)
     sha256: str | None = None
     legacy_hash: str | None = None
     hash_files: list[Path] = field(default_factory=list, repr=False)
@@ -157,17 +163,27 @@ def scan_checkpoints(roots: list[Path]) -> list[CheckpointInfo]:
 
 
 class Catalog:
-    """The listing of checkpoints plus their hashes; `refresh()` rescans the folders."""
+    """The listing of checkpoints plus their hashes; `refresh()` rescans the folders. `fallbacks` are
+    single files listed whatever the folders hold (the shipped demo model, when --data-dir is elsewhere);
+    a checkpoint of the same name in the folders wins."""
 
-    def __init__(self, roots: list[Path], hash_cache: HashCache):
+    def __init__(self, roots: list[Path], hash_cache: HashCache, fallbacks: list[Path] | None = None):
         self.roots = roots
+        self.fallbacks = list(fallbacks or [])
         self._hashes = hash_cache
         self._lock = threading.Lock()
         self._items: list[CheckpointInfo] = []
         self.refresh()
 
+    @property
+    def hashes(self) -> HashCache:
+        return self._hashes
+
     def refresh(self) -> list[CheckpointInfo]:
         items = scan_checkpoints(self.roots)
+        names = {i.name for i in items}
+        items += [CheckpointInfo(p, p.name, fallback=True, hash_files=[p]) for p in self.fallbacks
+                  if p.is_file() and p.name not in names]
         for item in items:  # titles carry the hash as soon as it is known
             if (entry := self._hashes.cached(item.hash_files)) is not None:
                 item.sha256, item.legacy_hash = entry["sha256"], entry["legacy"]

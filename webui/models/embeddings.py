@@ -7,7 +7,6 @@ path, size and mtime; a file that cannot be used lands in `skipped` with the rea
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import threading
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .catalog import HashCache
 from .checkpoint_io import read_state_dict
 from .errors import ModelError
 
@@ -70,7 +70,7 @@ def _flatten(obj, prefix: str = "") -> dict[str, torch.Tensor]:
     return {}
 
 
-def load_embedding(path: Path) -> Embedding:
+def load_embedding(path: Path, hashes: HashCache | None = None) -> Embedding:
     if path.suffix == ".safetensors":
         sd = read_state_dict(path)
     else:
@@ -84,15 +84,15 @@ def load_embedding(path: Path) -> Embedding:
     vectors = _vectors(sd, path)
     if any(v.ndim != 2 or v.shape[0] == 0 or v.shape[0] > 75 for v in vectors.values()):
         raise ModelError(f"{path.name}: unexpected embedding shape {[tuple(v.shape) for v in vectors.values()]}")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return Embedding(path.stem, path, vectors, digest)
+    return Embedding(path.stem, path, vectors, (hashes or HashCache(None)).sha256(path))
 
 
 class EmbeddingLibrary:
     """The embeddings folder, scanned on demand (`refresh`), each file loaded once."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, hashes: HashCache | None = None):
         self.folder = folder
+        self.hashes = hashes or HashCache(None)
         self._lock = threading.Lock()
         self._cache: dict[Path, tuple[tuple[int, int], Embedding | str]] = {}
         self.loaded: dict[str, Embedding] = {}
@@ -107,7 +107,7 @@ class EmbeddingLibrary:
                 cached = self._cache.get(path)
                 if cached is None or cached[0] != stamp:
                     try:
-                        cached = (stamp, load_embedding(path))
+                        cached = (stamp, load_embedding(path, self.hashes))
                     except ModelError as e:
                         cached = (stamp, str(e))
                     self._cache[path] = cached

@@ -7,7 +7,6 @@ prompt names, with their weights, and a job that names none runs with all adapte
 from __future__ import annotations
 
 import re
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.loaders.lora_base import set_adapters_for_text_encoder
 from diffusers.utils.peft_utils import set_adapter_layers
 
-from .catalog import sha256_of_files
+from .catalog import HashCache
 from .checkpoint_io import read_state_dict
 from .errors import ModelError
 
@@ -55,8 +54,7 @@ class LoraFile:
 @dataclass
 class LoraLibrary:
     folder: Path
-    _hashes: dict[Path, str] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    hashes: HashCache = field(default_factory=lambda: HashCache(None))
 
     def files(self) -> list[LoraFile]:
         if not self.folder.is_dir():
@@ -67,10 +65,7 @@ class LoraLibrary:
     def find(self, name: str) -> LoraFile:
         for f in self.files():  # names resolve only through the listing: nothing outside the folder
             if name in (f.name, f.path.name):
-                with self._lock:
-                    if f.path not in self._hashes:
-                        self._hashes[f.path] = sha256_of_files([f.path])[:12]
-                    f.shorthash = self._hashes[f.path]
+                f.shorthash = self.hashes.sha256(f.path)[:12]
                 return f
         raise ModelError(f"LoRA {name!r} not found in {self.folder.name}/ "
                          f"(available: {', '.join(f.name for f in self.files()) or 'none'})")

@@ -1,56 +1,35 @@
 """The model manager: the one object every tab, the API and the queue ask for a loaded checkpoint.
 
-Created once in `app.py` and passed down. It owns the catalog and a two-tier cache of loaded models:
-
-- the *device tier* holds the models that sit on the GPU (or, on a CPU-only machine, the active
-  ones), least recently used first;
-- the *RAM tier* holds models moved off the device, so switching back costs a host→device copy
-  instead of a read from disk.
-
-Each tier has a budget in models and/or GB; going over it demotes the least recently used model
-(device → RAM → dropped). A dropped model's tensors are released (references deleted, `gc`, the CUDA
-cache emptied), and tests check that its modules are really gone.
+Created once in `app.py` and passed down. It owns the catalog and the typed model cache
+(webui/models/cache.py), where checkpoints live beside every other kind of model under the same
+budgets: the device tier (the GPU, or on a CPU-only machine the active models) and the RAM tier
+(models moved off the device, so switching back costs a host→device copy instead of a disk read).
 
 A load that fails (truncated file, unknown layout, unsafe pickle) raises `ModelError` and leaves the
-cache untouched: the new model is built completely on the CPU before anything is evicted.
+cache untouched: the new model is built completely on the CPU before anything is evicted. When a
+checkpoint from disk has exactly the architecture of the model it pushes out, its weights move into
+the old model's modules (a *weights-only swap*).
 """
 from __future__ import annotations
 
-import gc
 import logging
-import threading
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Callable
-from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
+from .cache import CHECKPOINT, Entry, ModelCache, TierBudget, tensor_bytes
 from .catalog import Catalog, CheckpointInfo
 from .errors import CheckpointNotFound, ModelError
 from .loader import LoadedModel, load_checkpoint
 
 log = logging.getLogger(__name__)
 DEMO_CHECKPOINT = "easel-demo-shapes.safetensors"
-GB = 1024**3
-
-
-@dataclass(frozen=True)
-class TierBudget:
-    """How much one cache tier may hold: a number of models and/or gigabytes (None = no limit)."""
-
-    models: int | None = 1
-    gigabytes: float | None = None
-
-    def allows(self, sizes: list[int]) -> bool:
-        if self.models is not None and len(sizes) > self.models:
-            return False
-        return self.gigabytes is None or sum(sizes) <= self.gigabytes * GB
 
 
 def model_bytes(model: LoadedModel) -> int:
-    return sum(t.numel() * t.element_size() for m in model.modules() for t in m.state_dict().values())
+    """A checkpoint's size in the cache: its modules, with an attached VAE and LoRA adapters."""
+    return tensor_bytes(model.modules())
 
 
 class ModelManager:
@@ -68,16 +47,11 @@ class ModelManager:
         self.catalog = catalog
         self.device = device
         self.dtype = dtype
-        self.device_budget = device_budget
-        self.ram_budget = ram_budget
+        self.cache = ModelCache(device, device_budget, ram_budget)
         self.preferred = preferred
         # --medvram/--lowvram(/--medvram-sdxl), by family: accelerate's hooks move the parts, models stay in RAM
         self.offloads = offloads
         self.reuse_modules = reuse_modules  # weights-only swaps into a dropped model's modules
-        self._lock = threading.RLock()
-        self._on_device: OrderedDict[Path, LoadedModel] = OrderedDict()
-        self._in_ram: OrderedDict[Path, LoadedModel] = OrderedDict()
-        self._sizes: dict[Path, int] = {}
         self.last_load_seconds: float | None = None
         self.last_source: str | None = None  # "device" | "ram" | "disk": where the last get() found its model
 
@@ -92,18 +66,21 @@ class ModelManager:
         return [c.title for c in self.list()]
 
     def default_checkpoint(self) -> CheckpointInfo | None:
-        """The checkpoint used when a request names none: the last used, the preferred, the demo, the first."""
-        with self._lock:
-            if self._on_device:
-                return next(reversed(self._on_device.values())).info
+        """The checkpoint used when nothing names one: the last used, the preferred (--ckpt), the demo model
+        in the checkpoint folders, the first of them, and only then a fallback (the shipped demo when
+        --data-dir is elsewhere)."""
+        current = self.current
+        if current is not None:
+            return current.info
         items = self.list()
-        for wanted in (self.preferred, DEMO_CHECKPOINT):
-            if wanted:
-                try:
-                    return self.catalog.find(wanted)
-                except CheckpointNotFound:
-                    pass
-        return items[0] if items else None
+        own = [i for i in items if not i.fallback]
+        if self.preferred:
+            try:
+                return self.catalog.find(self.preferred)
+            except CheckpointNotFound:
+                pass
+        demo = next((i for i in own if i.path.name == DEMO_CHECKPOINT), None)
+        return demo or (own[0] if own else items[0] if items else None)
 
     def resolve(self, name: str | None) -> CheckpointInfo:
         if name:
@@ -118,42 +95,50 @@ class ModelManager:
     # -- loading ---------------------------------------------------------------------------------
     @property
     def current(self) -> LoadedModel | None:
-        with self._lock:
-            return next(reversed(self._on_device.values())) if self._on_device else None
+        """The most recently used checkpoint on the device."""
+        on_device = self.cache.values(CHECKPOINT, "device")
+        return on_device[-1] if on_device else None
+
+    @staticmethod
+    def key(info: CheckpointInfo) -> str:
+        return str(info.path.resolve())
 
     def get(self, name: str | None = None) -> LoadedModel:
         """The named checkpoint (or the default), on the device and ready; swaps models when needed."""
-        with self._lock:
+        with self.cache.lock:
             info = self.resolve(name)
-            key = info.path.resolve()
+            key = self.key(info)
             started = time.perf_counter()
-            if key in self._on_device:
-                self._on_device.move_to_end(key)
-                self.last_source = "device"
-                return self._on_device[key]
-            if key in self._in_ram:
-                model = self._in_ram.pop(key)
-                self.last_source = "ram"
+            found = self.cache.find(CHECKPOINT, key)
+            if found is not None:
+                model = self.cache.take(CHECKPOINT, key)
+                self.last_source = found[1]
+                if found[1] == "device":
+                    return model
             else:
                 self.catalog.ensure_hash(info)
-                doomed = self._doomed_by(info) if self.reuse_modules else None
+                incoming = info.path.stat().st_size if info.path.is_file() else 0  # estimate: the file's size
+                doomed = self._reusable(self.cache.doomed_by(incoming, CHECKPOINT))
                 # may raise: nothing is evicted yet, and a model to reuse is only touched once all checks passed
                 model = load_checkpoint(info, torch.device("cpu"), self.dtype,
-                                        reuse=doomed[1] if doomed else None)
-                if doomed and model.unet is doomed[1].unet:  # weights-only swap: the old model is gone
-                    self._forget(doomed[0])
+                                        reuse=doomed.value if doomed else None)
+                if doomed and model.unet is doomed.value.unet:  # weights-only swap: the old model is gone
+                    self.cache.forget(CHECKPOINT, doomed.key)
                     self.last_source = "disk (weights-only swap)"
                 else:
                     self.last_source = "disk"
-                self._sizes[key] = model_bytes(model)
-            self._make_room_on_device(self._sizes[key])
-            self._move(model, self.device)
-            self._on_device[key] = model
+                self.cache.put(CHECKPOINT, key, info.title, model, model_bytes(model), self._move)
             self.last_load_seconds = time.perf_counter() - started
             log.info("%s (%s, %s from %s) from %s in %.3fs", info.title, model.family.title,
                      model.family.prediction_type, model.family.prediction_source, self.last_source,
                      self.last_load_seconds)
             return model
+
+    def _reusable(self, doomed: Entry | None) -> Entry | None:
+        """A checkpoint about to be dropped whose modules a new load may take over."""
+        if not self.reuse_modules or doomed is None or doomed.kind != CHECKPOINT:
+            return None
+        return None if self.offloads(doomed.value.family.name) else doomed  # hooked modules: not reused
 
     def _move(self, model: LoadedModel, device: torch.device) -> None:
         if model.device != device:
@@ -162,61 +147,34 @@ class ModelManager:
                     m.to(device)
             model.device = device
 
-    def _doomed_by(self, info: CheckpointInfo) -> tuple[Path, LoadedModel] | None:
-        """The model that making room for `info` will drop first (its modules can be reused), if any."""
-        incoming = info.path.stat().st_size if info.path.is_file() else 0  # estimate: the file's size
-        on_device = list(self._on_device.items())
-        in_ram = list(self._in_ram.items())
-        while on_device and not self.device_budget.allows([*(self._sizes[k] for k, _ in on_device), incoming]):
-            in_ram.append(on_device.pop(0))
-        if in_ram and not self.ram_budget.allows([self._sizes[k] for k, _ in in_ram]):
-            key, model = in_ram[0]
-            return None if self.offloads(model.family.name) else (key, model)  # hooked modules: not reused
-        return None
+    # -- the models a job uses -----------------------------------------------------------------------
+    def pin(self, model: LoadedModel) -> None:
+        """Keep a checkpoint where it is (not demoted, not dropped) until `unpin`: a job is using it."""
+        self.cache.pin(CHECKPOINT, self.key(model.info))
 
-    def _forget(self, key: Path) -> None:
-        self._on_device.pop(key, None)
-        self._in_ram.pop(key, None)
-        self._sizes.pop(key, None)
+    def unpin(self, model: LoadedModel) -> None:
+        """The job is done with it; its size is measured again (a VAE or LoRA may have been attached)."""
+        key = self.key(model.info)
+        self.cache.unpin(CHECKPOINT, key)
+        self.cache.resize(CHECKPOINT, key, model_bytes(model))
 
-    def _make_room_on_device(self, incoming: int) -> None:
-        while self._on_device and not self.device_budget.allows([*self._tier_sizes(self._on_device), incoming]):
-            key, old = self._on_device.popitem(last=False)
-            self._move(old, torch.device("cpu"))
-            self._in_ram[key] = old
-        dropped = False
-        while self._in_ram and not self.ram_budget.allows(self._tier_sizes(self._in_ram)):
-            key, old = self._in_ram.popitem(last=False)
-            log.info("dropping %s from memory", old.info.title)
-            del old
-            self._sizes.pop(key, None)
-            dropped = True
-        if dropped:  # a full collection costs ~0.1-0.5 s: only when memory is really to be returned
-            gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-
-    def _tier_sizes(self, tier: OrderedDict[Path, LoadedModel]) -> list[int]:
-        return [self._sizes[k] for k in tier]
+    def get_model(self, kind: str, key: str, title: str, load: Callable[[], Any], size: Callable[[Any], int],
+                  move: Callable[[Any, torch.device], None]) -> Any:
+        """Any other kind of model (upscaler, ControlNet, …) through the same cache and budgets."""
+        if kind == CHECKPOINT:
+            raise ValueError("checkpoints load through get()")
+        return self.cache.get(kind, key, title, load, size, move)
 
     def unload_all(self) -> None:
-        with self._lock:
-            self._on_device.clear()
-            self._in_ram.clear()
-            self._sizes.clear()
-            gc.collect()
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+        self.cache.clear()
 
     def loaded_titles(self) -> list[str]:
-        """Titles on the device, least recently used first."""
-        with self._lock:
-            return [m.info.title for m in self._on_device.values()]
+        """Checkpoint titles on the device, least recently used first."""
+        return [e.title for e in self.cache.entries(CHECKPOINT) if e.tier == "device"]
 
     def cached_titles(self) -> list[str]:
-        """Titles kept in the RAM tier, least recently used first."""
-        with self._lock:
-            return [m.info.title for m in self._in_ram.values()]
+        """Checkpoint titles kept in the RAM tier, least recently used first."""
+        return [e.title for e in self.cache.entries(CHECKPOINT) if e.tier == "ram"]
 
 
-__all__ = ["ModelManager", "TierBudget", "ModelError", "CheckpointNotFound", "DEMO_CHECKPOINT"]
+__all__ = ["ModelManager", "TierBudget", "ModelError", "CheckpointNotFound", "DEMO_CHECKPOINT", "model_bytes"]

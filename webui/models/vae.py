@@ -7,16 +7,14 @@ or a file name from models/VAE. Files may be in the original (LDM) layout, with 
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKL
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
-from .catalog import sha256_of_files
+from .catalog import HashCache
 from .checkpoint_io import read_state_dict
 from .errors import ModelError
 
@@ -32,10 +30,9 @@ class VaeFile:
 
 
 class VaeLibrary:
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, hashes: HashCache | None = None):
         self.folder = folder
-        self._lock = threading.Lock()
-        self._hashes: dict[Path, str] = {}
+        self.hashes = hashes or HashCache(None)
 
     def files(self) -> list[VaeFile]:
         if not self.folder.is_dir():
@@ -65,10 +62,7 @@ class VaeLibrary:
         raise ModelError(f"VAE {choice!r} not found in {self.folder.name}/; choose one of: {', '.join(self.choices())}")
 
     def shorthash(self, f: VaeFile) -> str:
-        with self._lock:
-            if f.path not in self._hashes:
-                self._hashes[f.path] = sha256_of_files([f.path])[:10]
-            return self._hashes[f.path]
+        return self.hashes.sha256(f.path)[:10]
 
 
 def load_vae(f: VaeFile, like: AutoencoderKL) -> AutoencoderKL:

@@ -1,175 +1,286 @@
-"""Widgets shared by every generation tab, and the plumbing from widget values to a typed request.
+"""Widgets built from the requests' field descriptions, and the way from widget values to an admitted job.
 
-Each tab builds the same controls under its own elem_id prefix (`txt2img_steps`, `img2img_steps`, …),
-keyed by the request's field names, so turning a click into a request is a dict lookup and filling
-the controls from an infotext ("send to", the ↙ paste button) is the reverse lookup.
+A widget's label, range, step, default and choices come from the field's one description
+(webui/generation/fields.py): the page never restates them. Each tab builds its controls under its
+own elem_id prefix (`txt2img_steps`, `img2img_steps`, …), keyed by the request's field names, so
+turning a click into a request is a dict lookup and filling the controls from an infotext ("send to",
+the paste button) is the reverse lookup. Features with settings (built-ins and extensions) get an
+accordion each, made the same way from their settings' descriptions.
+
+Every job from the page goes through admission (`JobRunner`), exactly as API jobs do.
 """
 from __future__ import annotations
 
+import re
+import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import gradio as gr
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from webui.admission import Admission, Caller
+from webui.auth import Gate
+from webui.generation.extension_points import Feature
+from webui.generation.fields import Param, base_type, bounds, param_of
 from webui.generation.requests import GenerationParams, describe_validation_error, fields_from_infotext
-from webui.generation.samplers import sampler_names, schedule_type_names
+from webui.images.infotext import parse_infotext
 from webui.jobs.queue import Job, JobState
-from webui.services import Easel, SavedResult
+from webui.services import Easel
 
-from .widgets import error_html, notice_html, progress_html, session_id
+from .widgets import error_html, progress_html, session_id
 
 POLL_SECONDS = 0.25
-DEFAULTS = GenerationParams()
 SHARED_FIELDS = ("checkpoint", "vae")  # page-wide pickers, not per-tab controls
-INT_FIELDS = {"steps", "n_iter", "batch_size", "clip_skip", "width", "height", "seed", "mask_blur",
-              "inpaint_full_res_padding"}
+ICONS = Path(__file__).resolve().parent / "static" / "icons"
+_DEFAULT = object()
+
+
+def icon_button(icon: str, elem_id: str) -> gr.Button:
+    """A small button showing one of Easel's SVG icons (emoji need a font many systems lack)."""
+    return gr.Button("", icon=str(ICONS / f"{icon}.svg"), elem_id=elem_id, elem_classes=["easel-icon"],
+                     scale=0, min_width=40)
+
+
+def widget(model: type[BaseModel], name: str, elem_id: str, *, value: Any = _DEFAULT, label: str | None = None,
+           maximum: float | None = None, choices: list | None = None, **extra: Any) -> gr.components.Component:
+    """The widget a described field gets: its label, range, step, default and choices from the description."""
+    f = model.model_fields[name]
+    param = param_of(f) or Param(name)
+    kind = base_type(f)
+    default = f.get_default(call_default_factory=True) if value is _DEFAULT else value
+    ui = param.ui
+    literal = typing.get_args(f.annotation) if typing.get_origin(f.annotation) is typing.Literal else ()
+    if ui == "auto":
+        low, high = bounds(model, name)
+        if kind is bool and param.choices is None:
+            ui = "checkbox"
+        elif param.choices or literal:
+            ui = "radio"
+        elif kind in (int, float) and low is not None and high is not None:
+            ui = "slider"
+        elif kind in (int, float):
+            ui = "number"
+        else:
+            ui = "text"
+    common = dict(label=label or param.label, elem_id=elem_id, **extra)
+    if ui == "slider":
+        low, high = bounds(model, name)
+        high = min(high, maximum) if maximum is not None else high
+        step = param.step or (1 if kind is int else 0.01)
+        start = low if low is not None else 0
+        return gr.Slider(start, high, value=start if default is None else default, step=step, **common)
+    if ui == "number":
+        return gr.Number(value=default, precision=0 if kind is int else None, **common)
+    if ui == "dropdown":
+        return gr.Dropdown(choices or (param.options() if param.options else []), value=default, **common)
+    if ui == "radio":
+        if param.choices is not None:
+            return gr.Radio(list(param.choices), value=param.choices[int(default)], type="index", **common)
+        return gr.Radio(choices or list(literal), value=default, **common)
+    if ui == "checkbox":
+        return gr.Checkbox(value=bool(default), **common)
+    common.setdefault("lines", 3 if ui == "textarea" else 1)
+    return gr.Textbox(value=default or "", **common)
+
+
+def widget_value(model: type[BaseModel], name: str, value: Any) -> Any:
+    """A field's value as its widget shows it (choice labels for index/bool fields)."""
+    param = param_of(model.model_fields[name])
+    if param is not None and param.choices is not None and isinstance(value, (bool, int)):
+        return param.choices[int(value)]
+    return value
+
+
+def request_value(model: type[BaseModel], name: str, value: Any) -> Any:
+    """A widget's value as the field takes it (whole numbers for int fields, bools for bool fields)."""
+    if value is None:
+        return None
+    kind = base_type(model.model_fields[name])
+    if kind is int and isinstance(value, float):
+        return int(value)
+    if kind is bool and isinstance(value, int):
+        return bool(value)
+    return value
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+@dataclass
+class FeatureSection:
+    """One feature's accordion in a tab: its settings' widgets."""
+
+    feature: Feature
+    widgets: dict[str, Any]
 
 
 @dataclass
 class GenerationControls:
-    """The prompt, sampler, size, batch and seed widgets of one tab."""
+    """The prompt, sampler, size, batch and seed widgets of one tab, and its features' sections."""
 
     prefix: str
+    model: type[GenerationParams]
     easel: Easel
+    admission: Admission
     checkpoint: gr.Dropdown
     vae: gr.Dropdown | None = None
     fields: dict[str, Any] = field(default_factory=dict)
+    sections: list[FeatureSection] = field(default_factory=list)
+
+    def add(self, name: str, **kw: Any) -> Any:
+        param = param_of(self.model.model_fields[name])
+        elem = param.elem if param is not None and param.elem else name
+        self.fields[name] = widget(self.model, name, f"{self.prefix}_{elem}", **kw)
+        return self.fields[name]
 
     def prompt_row(self) -> tuple[gr.Button, gr.Button]:
         p = self.prefix
         with gr.Row():
             with gr.Column(scale=6):
-                self.fields["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id=f"{p}_prompt",
-                                                   placeholder="Prompt (Ctrl+Enter to generate)")
-                self.fields["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2,
-                                                            elem_id=f"{p}_neg_prompt")
+                self.add("prompt", placeholder="Prompt (Ctrl+Enter to generate)")
+                self.add("negative_prompt", lines=2)
             with gr.Column(scale=1, min_width=160):
                 generate = gr.Button("Generate", variant="primary", elem_id=f"{p}_generate")
                 interrupt = gr.Button("Interrupt", elem_id=f"{p}_interrupt")
-                self.paste = gr.Button("↙️ Read parameters from prompt", elem_id=f"{p}_paste", size="sm")
+                self.paste = gr.Button("Read parameters from prompt", icon=str(ICONS / "paste.svg"),
+                                       elem_id=f"{p}_paste", size="sm")
         return generate, interrupt
 
     def sampling(self) -> None:
-        p, f = self.prefix, self.fields
         with gr.Row():
-            f["sampler_name"] = gr.Dropdown(sampler_names(), value=DEFAULTS.sampler_name, label="Sampling method",
-                                            elem_id=f"{p}_sampling")
-            f["scheduler"] = gr.Dropdown(schedule_type_names(), value=DEFAULTS.scheduler, label="Schedule type",
-                                         elem_id=f"{p}_scheduler")
-        f["steps"] = gr.Slider(1, 150, value=DEFAULTS.steps, step=1, label="Sampling steps", elem_id=f"{p}_steps")
+            self.add("sampler_name")
+            self.add("scheduler")
+        self.add("steps", maximum=self.admission.limits.max_steps)
 
-    def size(self) -> None:
-        p, f = self.prefix, self.fields
-        width, height = self.easel.default_size_for(self.checkpoint.value)
+    def size(self, label_prefix: str = "", default: tuple[int, int] | None = None) -> None:
+        width, height = default or self.easel.default_size_for(self.checkpoint.value)
         with gr.Row():
-            f["width"] = gr.Slider(64, 2048, value=width, step=8, label="Width", elem_id=f"{p}_width")
-            f["height"] = gr.Slider(64, 2048, value=height, step=8, label="Height", elem_id=f"{p}_height")
+            self.add("width", value=width, label=f"{label_prefix}Width" if label_prefix else None)
+            self.add("height", value=height, label=f"{label_prefix}Height" if label_prefix else None)
 
     def batch_cfg_seed(self) -> None:
-        p, f = self.prefix, self.fields
+        limits = self.admission.limits
         with gr.Row():
-            f["n_iter"] = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{p}_batch_count")
-            f["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{p}_batch_size")
-        f["cfg_scale"] = gr.Slider(1, 30, value=DEFAULTS.cfg_scale, step=0.5, label="CFG Scale",
-                                   elem_id=f"{p}_cfg_scale")
+            self.add("n_iter", maximum=limits.max_batch)
+            self.add("batch_size", maximum=limits.max_batch)
+        self.add("cfg_scale")
+        self.seed_row()
+        self.add("clip_skip")
+
+    def seed_row(self, label: str | None = None) -> None:
+        p = self.prefix
         with gr.Row():
-            f["seed"] = gr.Number(value=-1, precision=0, label="Seed", elem_id=f"{p}_seed", scale=4)
-            self.dice = gr.Button("🎲", elem_id=f"{p}_random_seed", scale=1, min_width=40)
-            self.recycle = gr.Button("♻️", elem_id=f"{p}_reuse_seed", scale=1, min_width=40)
-        f["clip_skip"] = gr.Slider(1, 12, value=1, step=1, label="Clip skip", elem_id=f"{p}_clip_skip")
-        f["checkpoint"] = self.checkpoint
+            self.add("seed", label=label, scale=4)
+            self.dice = icon_button("dice", f"{p}_random_seed")
+            self.recycle = icon_button("recycle", f"{p}_reuse_seed")
+
+    def pickers(self) -> None:
+        """The page-wide checkpoint and VAE pickers count as this tab's fields."""
+        self.fields["checkpoint"] = self.checkpoint
         if self.vae is not None:
-            f["vae"] = self.vae
+            self.fields["vae"] = self.vae
+
+    def feature_sections(self, tab: str) -> None:
+        """An accordion per feature with settings that serves this tab (built-ins and extensions alike)."""
+        for feature in self.easel.features.with_settings():
+            if tab not in feature.tabs:
+                continue
+            widgets = {}
+            with gr.Accordion(feature.title or feature.name, open=False, elem_id=f"{self.prefix}_{slug(feature.name)}"):
+                for name in feature.settings.model_fields:
+                    if param_of(feature.settings.model_fields[name]) is None:
+                        continue
+                    widgets[name] = widget(feature.settings, name, f"{self.prefix}_{slug(feature.name)}_{name}")
+            self.sections.append(FeatureSection(feature, widgets))
+
+    @property
+    def inputs(self) -> set:
+        return set(self.fields.values()) | {w for s in self.sections for w in s.widgets.values()}
 
     def request_values(self, data: dict) -> dict[str, Any]:
-        values = {name: data[comp] for name, comp in self.fields.items() if comp in data}
-        for name in INT_FIELDS & values.keys():
-            if values[name] is not None:
-                values[name] = int(values[name])
+        values = {name: request_value(self.model, name, data[comp]) for name, comp in self.fields.items()
+                  if comp in data and name in self.model.model_fields}
         values["checkpoint"] = values.get("checkpoint") or None
         values["vae"] = values.get("vae") or None
+        scripts = {}
+        for section in self.sections:
+            model = section.feature.settings
+            scripts[section.feature.name] = {n: request_value(model, n, data[w]) for n, w in section.widgets.items()
+                                             if w in data}
+        if scripts:
+            values["alwayson_scripts"] = scripts
         return values
 
     def updates_from_infotext(self, text: str) -> dict:
         """{component: value} for every control an infotext names (others untouched)."""
-        fields = fields_from_infotext(text or "")
-        return {comp: fields[name] for name, comp in self.fields.items()
-                if name in fields and name not in SHARED_FIELDS}
+        values = fields_from_infotext(text or "", self.model)
+        updates = {comp: widget_value(self.model, name, values[name]) for name, comp in self.fields.items()
+                   if name in values and name not in SHARED_FIELDS}
+        by_feature = self.easel.features.settings_from_infotext(parse_infotext(text or ""))
+        for section in self.sections:
+            given = by_feature.get(section.feature.name, {})
+            updates.update({w: widget_value(section.feature.settings, n, given[n])
+                            for n, w in section.widgets.items() if n in given})
+        return updates
 
 
 @dataclass
-class ResultView:
-    """The right-hand column of a tab: progress, gallery, infotext, and what "send to" needs."""
+class ResultSlots:
+    """How a tab shows a job: its output components, which one takes the progress HTML, and what a finished
+    job puts in them."""
 
-    prefix: str
+    outputs: list
+    progress: int
+    finish: Callable[[Job], list]
 
-    def build(self) -> None:
-        p = self.prefix
-        self.progress = gr.HTML(elem_id=f"{p}_progress")
-        self.gallery = gr.Gallery(label="Output", format="png", columns=2, height=512, elem_id=f"{p}_gallery",
-                                  interactive=False)
-        self.info = gr.Textbox(label="Generation parameters", lines=4, interactive=False, elem_id=f"{p}_info",
-                               buttons=["copy"])
-        with gr.Row():
-            self.send_txt2img = gr.Button("Send to txt2img", size="sm", elem_id=f"{p}_send_to_txt2img")
-            self.send_img2img = gr.Button("Send to img2img", size="sm", elem_id=f"{p}_send_to_img2img")
-            self.send_inpaint = gr.Button("Send to inpaint", size="sm", elem_id=f"{p}_send_to_inpaint")
-        self.last_seed = gr.State(-1)
-        self.images = gr.State([])  # paths (or PIL images) of the last results, for "send to"
-        self.selected = gr.State(0)
-        self.gallery.select(_selected_index, inputs=None, outputs=self.selected, api_name=False)
-
-    @property
-    def outputs(self) -> list:
-        return [self.gallery, self.info, self.progress, self.last_seed, self.images, self.selected]
+    def only_progress(self, html: str) -> list:
+        values = [gr.skip()] * len(self.outputs)
+        values[self.progress] = html
+        return values
 
 
-def _selected_index(evt: gr.SelectData) -> int:
-    return int(evt.index or 0)
+def ui_caller(request: gr.Request | None, gate: Gate | None) -> Caller:
+    """The page's caller: the signed-in user (the same owner their API jobs get), else the browser session."""
+    user = getattr(request, "username", None) if request is not None else None
+    admin = bool(gate is not None and gate.enabled and gate.accounts.is_admin(user))
+    return Caller(owner=session_id(request), user=user, admin=admin)
 
 
 @dataclass
 class JobRunner:
-    """Submits a tab's request to the queue and streams progress until the job ends; one job per session."""
+    """Admits a tab's request and streams its progress until the job ends; one job per session and tab."""
 
     easel: Easel
+    admission: Admission
+    gate: Gate | None = None
     jobs: dict[str, Job] = field(default_factory=dict)
 
-    def run(self, build: Callable[[], GenerationParams], submit: Callable[[GenerationParams, str], Job],
-            request: gr.Request) -> Iterator[tuple]:
-        skip = gr.skip()
+    def run(self, kind: str, build: Callable[[], Any], request: gr.Request, slots: ResultSlots) -> Iterator[list]:
+        caller = ui_caller(request, self.gate)
         try:
-            req = build()
+            job = self.admission.submit(kind, build(), caller).job
         except ValidationError as e:
-            yield skip, skip, error_html(describe_validation_error(e)), skip, skip, skip
+            yield slots.only_progress(error_html(describe_validation_error(e)))
             return
-        except ValueError as e:
-            yield skip, skip, error_html(str(e)), skip, skip, skip
+        except ValueError as e:  # FieldError from admission, or a tab's own check
+            yield slots.only_progress(error_html(str(e)))
             return
-        owner = session_id(request)
-        job = submit(req, owner)
-        self.jobs[owner] = job
+        self.jobs[caller.owner] = job
         try:
             while not job.wait(POLL_SECONDS):
-                yield skip, skip, progress_html(job, self.easel.queue.position(job)), skip, skip, skip
+                yield slots.only_progress(progress_html(job, self.easel.queue.position(job)))
         finally:
-            if self.jobs.get(owner) is job:
-                del self.jobs[owner]
+            if self.jobs.get(caller.owner) is job:
+                del self.jobs[caller.owner]
         if job.state is JobState.FAILED:
-            yield skip, skip, error_html(job.error or "generation failed"), skip, skip, skip
+            yield slots.only_progress(error_html(job.error or "the job failed"))
             return
-        saved: SavedResult | None = job.result
-        if saved is None or not saved.result.images:
-            yield skip, skip, notice_html("Interrupted: no image was finished"), skip, skip, skip
-            return
-        result = saved.result
-        shown = [str(p) for p in saved.paths] or list(result.images)
-        note = (f"Interrupted after {len(result.images)} image(s)" if result.interrupted
-                else f"{len(result.images)} image(s) in {result.seconds:.1f}s")
-        yield [(im, None) for im in shown], result.infotexts[0], notice_html(note), result.seeds[0], shown, 0
+        yield slots.finish(job)
 
     def interrupt(self, request: gr.Request) -> None:
-        job = self.jobs.get(session_id(request))
+        job = self.jobs.get(ui_caller(request, self.gate).owner)
         if job is not None:
             self.easel.queue.interrupt(job.id)

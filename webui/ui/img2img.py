@@ -7,11 +7,13 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from webui.generation.masks import INPAINT_AREAS, MASK_MODES, MASKED_CONTENT, RESIZE_MODES, to_rgb
-from webui.generation.requests import Img2ImgRequest
-from webui.services import Easel
+from webui.generation.builtins import round8
 
-from .controls import GenerationControls, JobRunner, ResultView
+from webui.generation.masks import to_rgb
+from webui.generation.requests import Img2ImgRequest
+
+from .controls import GenerationControls, JobRunner
+from .result_view import ResultView
 from .txt2img import wire_paste_button, wire_seed_buttons
 
 MODES = ("img2img", "sketch", "inpaint", "inpaint_upload")
@@ -29,11 +31,10 @@ def mask_from_layers(value: dict | None) -> Image.Image | None:
 
 
 class Img2ImgTab:
-    def __init__(self, easel: Easel, checkpoint: gr.Dropdown, vae: gr.Dropdown | None = None):
-        self.easel = easel
-        self.controls = GenerationControls("img2img", easel, checkpoint, vae)
+    def __init__(self, controls: GenerationControls, runner: JobRunner):
+        self.controls = controls
         self.results = ResultView("img2img")
-        self.runner = JobRunner(easel)
+        self.runner = runner
 
     def build(self) -> None:
         c, f = self.controls, self.controls.fields
@@ -64,31 +65,25 @@ class Img2ImgTab:
                                                     format="png", elem_id="img2img_upload_mask")
                 for tab, mode in zip((t0, t1, t2, t3), MODES):
                     tab.select(lambda m=mode: m, inputs=None, outputs=self.mode, api_name=False)
-                f["resize_mode"] = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], type="index",
-                                            label="Resize mode", elem_id="img2img_resize_mode")
+                c.add("resize_mode")
                 with gr.Group(elem_id="img2img_inpaint_options"):
                     with gr.Row():
-                        f["mask_blur"] = gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id="img2img_mask_blur")
-                        f["inpainting_mask_invert"] = gr.Radio(list(MASK_MODES), value=MASK_MODES[0], type="index",
-                                                               label="Mask mode", elem_id="img2img_mask_mode")
-                    f["inpainting_fill"] = gr.Radio(list(MASKED_CONTENT), value=MASKED_CONTENT[1], type="index",
-                                                    label="Masked content", elem_id="img2img_inpainting_fill")
+                        c.add("mask_blur")
+                        c.add("inpainting_mask_invert")
+                    c.add("inpainting_fill")
                     with gr.Row():
-                        f["inpaint_full_res"] = gr.Radio(list(INPAINT_AREAS), value=INPAINT_AREAS[0], type="index",
-                                                         label="Inpaint area", elem_id="img2img_inpaint_full_res")
-                        f["inpaint_full_res_padding"] = gr.Slider(0, 256, value=32, step=4,
-                                                                  label="Only masked padding, pixels",
-                                                                  elem_id="img2img_inpaint_full_res_padding")
+                        c.add("inpaint_full_res")
+                        c.add("inpaint_full_res_padding")
                 c.sampling()
                 c.size()
                 c.batch_cfg_seed()
-                f["denoising_strength"] = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength",
-                                                    elem_id="img2img_denoising_strength")
+                c.add("denoising_strength")
+                c.pickers()
+                c.feature_sections("img2img")
             with gr.Column(scale=1):
                 self.results.build()
-        inputs = set(f.values()) | {self.mode, self.init_image, self.sketch, self.inpaint, self.upload_image,
-                                    self.upload_mask}
-        generate.click(self.generate, inputs=inputs, outputs=self.results.outputs, concurrency_limit=None,
+        inputs = c.inputs | {self.mode, self.init_image, self.sketch, self.inpaint, self.upload_image, self.upload_mask}
+        generate.click(self.generate, inputs=inputs, outputs=self.results.slots.outputs, concurrency_limit=None,
                        api_name="img2img")
         interrupt.click(self.runner.interrupt, inputs=None, outputs=None, concurrency_limit=None, api_name=False)
         wire_seed_buttons(c, self.results)
@@ -100,7 +95,7 @@ class Img2ImgTab:
     def _size_of(image: Image.Image | None):
         if image is None:
             return gr.skip(), gr.skip()
-        return min(2048, max(64, round(image.width / 8) * 8)), min(2048, max(64, round(image.height / 8) * 8))
+        return round8(image.width), round8(image.height)
 
     def images_for_mode(self, data: dict) -> tuple[Image.Image | None, Image.Image | None]:
         mode = data[self.mode]
@@ -109,10 +104,11 @@ class Img2ImgTab:
             return value.get("composite") or value.get("background"), None
         if mode == "inpaint":
             value = data[self.inpaint] or {}
+            background = value.get("background")
             mask = mask_from_layers(value)
-            if value.get("background") is not None and mask is None:
-                raise ValueError("mask: paint over the area to regenerate first (the mask is empty)")
-            return value.get("background"), mask
+            if background is not None and mask is None:  # nothing painted: the request's own check says so
+                mask = Image.new("L", background.size, 0)
+            return background, mask
         if mode == "inpaint_upload":
             if data[self.upload_mask] is None and data[self.upload_image] is not None:
                 raise ValueError("mask: upload a mask image (white = regenerate)")
@@ -125,6 +121,5 @@ class Img2ImgTab:
             if image is None:
                 raise ValueError("init_image: drop, paste or upload an image first")
             values: dict[str, Any] = self.controls.request_values(data)
-            values["inpaint_full_res"] = bool(values["inpaint_full_res"])
             return Img2ImgRequest(**values, init_image=to_rgb(image), mask=mask)
-        yield from self.runner.run(build, lambda req, owner: self.easel.submit_img2img(req, owner), request)
+        yield from self.runner.run("img2img", build, request, self.results.slots)

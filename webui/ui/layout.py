@@ -1,22 +1,37 @@
-"""The page: checkpoint picker on top, one tab per tool, and the "send to" wiring between tabs."""
+"""The page: checkpoint picker on top, one tab per tool, and the "send to" wiring between tabs.
+
+Every tab's controls come from its request type's field descriptions (webui/ui/controls.py) and
+every job goes through admission; extensions add accordions (their features' settings) and tabs.
+"""
 from __future__ import annotations
 
+import html
+import logging
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 from PIL import Image
 
+from webui.admission import Admission
+from webui.auth import Gate
+from webui.extensions import UiServices
+from webui.extensions.loader import Extensions, write_disabled
+from webui.generation.outpaint import OutpaintParams
+from webui.generation.requests import Img2ImgRequest, Txt2ImgRequest
+from webui.generation.zoom import ZoomRequest
 from webui.images.store import read_infotext
 from webui.services import Easel
 
-from .controls import SHARED_FIELDS
+from .controls import SHARED_FIELDS, GenerationControls, JobRunner, icon_button, ui_caller
 from .img2img import Img2ImgTab
 from .outpaint import OutpaintTab
 from .pnginfo import PngInfoTab
 from .txt2img import Txt2ImgTab
 from .widgets import error_html, notice_html
 from .zoom import ZoomTab
+
+log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -36,7 +51,9 @@ def pick(images: list, selected: int):
     return images[min(selected or 0, len(images) - 1)] if images else None
 
 
-def build_ui(easel: Easel) -> gr.Blocks:
+def build_ui(easel: Easel, admission: Admission, gate: Gate | None = None,
+             extensions: Extensions | None = None) -> gr.Blocks:
+    runner = JobRunner(easel, admission, gate)
     with gr.Blocks(title="Easel") as blocks:
         default = easel.manager.default_checkpoint()
         with gr.Row(elem_id="quicksettings"):
@@ -44,27 +61,73 @@ def build_ui(easel: Easel) -> gr.Blocks:
                 choices=easel.manager.titles(), value=default.title if default else None,
                 label="Stable Diffusion checkpoint", elem_id="sd_model_checkpoint", scale=4,
             )
-            refresh = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", scale=0, min_width=40)
+            refresh = icon_button("refresh", "refresh_sd_model_checkpoint")
             vae = gr.Dropdown(choices=easel.vaes.choices(), value="Automatic", label="SD VAE", elem_id="sd_vae",
                               scale=2)
             model_status = gr.HTML(elem_id="sd_model_status")
+
+        def controls(prefix: str, model) -> GenerationControls:
+            return GenerationControls(prefix, model, easel, admission, checkpoint, vae)
+
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
-                txt2img = Txt2ImgTab(easel, checkpoint, vae)
+                txt2img = Txt2ImgTab(controls("txt2img", Txt2ImgRequest), runner)
                 txt2img.build()
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
-                img2img = Img2ImgTab(easel, checkpoint, vae)
+                img2img = Img2ImgTab(controls("img2img", Img2ImgRequest), runner)
                 img2img.build()
             with gr.Tab("Outpaint", id="outpaint", elem_id="tab_outpaint"):
-                OutpaintTab(easel, checkpoint, vae).build()
+                OutpaintTab(controls("outpaint", OutpaintParams)).build()
             with gr.Tab("Infinite zoom", id="zoom", elem_id="tab_zoom"):
-                ZoomTab(easel, checkpoint, vae).build()
+                ZoomTab(controls("zoom", ZoomRequest), runner).build()
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 pnginfo = PngInfoTab()
                 pnginfo.build()
+            if extensions is not None:
+                extension_tabs(extensions, runner, admission)
+                with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
+                    extensions_tab(easel, extensions, gate)
         wire_send_to(txt2img, img2img, pnginfo, tabs)
-        wire_checkpoint(easel, checkpoint, vae, refresh, model_status, [txt2img.controls, img2img.controls])
+        wire_checkpoint(easel, runner, checkpoint, vae, refresh, model_status, [txt2img.controls, img2img.controls])
     return blocks
+
+
+def extension_tabs(extensions: Extensions, runner: JobRunner, admission: Admission) -> None:
+    """Each enabled extension's tabs; one whose build fails shows why instead of taking the page down."""
+    services = UiServices(
+        submit=lambda kind, request, gr_request: admission.submit(kind, request, ui_caller(gr_request, runner.gate)).job,
+        caller=lambda gr_request: ui_caller(gr_request, runner.gate),
+    )
+    for name, title, build in extensions.tabs:
+        with gr.Tab(title, elem_id=f"tab_ext_{name}"):
+            try:
+                build(services)
+            except Exception as e:
+                log.error("extension %s: its tab %r could not be built: %s: %s", name, title, type(e).__name__, e)
+                gr.HTML(error_html(f"The extension {name} could not build this tab: {type(e).__name__}: {e}"))
+
+
+def extensions_tab(easel: Easel, extensions: Extensions, gate: Gate | None) -> None:
+    """What was found in extensions/, each one's state, and a switch per extension (stored in config.json,
+    applied at the next start; an admin's action when logins are on)."""
+    rows = "".join(
+        f"<tr><td>{html.escape(e.name)}</td><td>{html.escape(e.state)}</td><td>{html.escape(e.reason)}</td>"
+        f"<td>{html.escape(', '.join(e.features))}</td></tr>" for e in extensions.items)
+    gr.HTML(f'<table class="easel-extensions"><tr><th>extension</th><th>state</th><th>why</th><th>adds</th></tr>'
+            f"{rows}</table>" if rows else notice_html("No extension in extensions/."), elem_id="extensions_table")
+    names = [e.name for e in extensions.items]
+    switches = gr.CheckboxGroup(names, value=[e.name for e in extensions.items if e.state != "disabled"],
+                                label="Enabled at the next start", elem_id="extensions_enabled")
+    apply = gr.Button("Apply (takes effect when Easel restarts)", elem_id="extensions_apply")
+    status = gr.HTML(elem_id="extensions_status")
+
+    def save(enabled: list[str], request: gr.Request):
+        if gate is not None and gate.enabled and not ui_caller(request, gate).admin:
+            return error_html("Only an admin can switch extensions on or off.")
+        write_disabled(easel.settings.config_file, set(names) - set(enabled or []))
+        return notice_html("Saved to config.json; restart Easel to apply.")
+
+    apply.click(save, inputs=switches, outputs=status, api_name=False)
 
 
 def wire_send_to(txt2img: Txt2ImgTab, img2img: Img2ImgTab, pnginfo: PngInfoTab, tabs: gr.Tabs) -> None:
@@ -108,8 +171,10 @@ def wire_send_to(txt2img: Txt2ImgTab, img2img: Img2ImgTab, pnginfo: PngInfoTab, 
                                api_name=False)
 
 
-def wire_checkpoint(easel: Easel, checkpoint: gr.Dropdown, vae: gr.Dropdown, refresh: gr.Button,
+def wire_checkpoint(easel: Easel, runner: JobRunner, checkpoint: gr.Dropdown, vae: gr.Dropdown, refresh: gr.Button,
                     status: gr.HTML, controls: list) -> None:
+    """The checkpoint picker is each page's own choice (every job names it). Picking one loads it as a
+    job of this page's caller, in its fair turn, so the next Generate starts at once."""
     size_fields = [c.fields[n] for c in controls for n in ("width", "height")]
 
     def on_refresh(current: str | None, current_vae: str | None):
@@ -120,10 +185,13 @@ def wire_checkpoint(easel: Easel, checkpoint: gr.Dropdown, vae: gr.Dropdown, ref
                 gr.Dropdown(choices=vaes, value=current_vae if current_vae in vaes else "Automatic"),
                 notice_html(f"{len(titles)} checkpoint(s), {len(vaes) - 2} VAE file(s)"))
 
-    def on_select(name: str | None):
+    def on_select(name: str | None, request: gr.Request):
         if not name:
             return [gr.skip()] * (1 + len(size_fields))
-        job = easel.submit_load(name)
+        try:
+            job = runner.admission.submit("load", name, ui_caller(request, runner.gate)).job
+        except ValueError as e:
+            return [error_html(str(e))] + [gr.skip()] * len(size_fields)
         job.wait()
         if job.error:
             return [error_html(job.error)] + [gr.skip()] * len(size_fields)

@@ -13,13 +13,11 @@ import json
 
 import gradio as gr
 
-from webui.generation.outpaint import OutpaintParams, default_box_size
-from webui.services import Easel
+from webui.generation.outpaint import default_box_size
 
 from .controls import GenerationControls
 from .txt2img import wire_paste_button
 
-DEFAULTS = OutpaintParams()
 PREFILLS = (("Stretched, blurred neighbours", "blur"), ("Latent noise", "noise"))
 # what the canvas sends to /easel/v1/canvas/generate (plus "vae" when the page has the VAE picker)
 REQUEST_FIELDS = ("prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "width", "height", "n_iter",
@@ -34,15 +32,14 @@ def canvas_html(width: int, height: int) -> str:
 
 
 class OutpaintTab:
-    def __init__(self, easel: Easel, checkpoint: gr.Dropdown, vae: gr.Dropdown | None = None):
-        self.easel = easel
-        self.checkpoint = checkpoint
-        self.controls = GenerationControls("outpaint", easel, checkpoint, vae)
+    def __init__(self, controls: GenerationControls):
+        self.controls = controls
+        self.checkpoint = controls.checkpoint
 
     def build(self) -> None:
-        c, f = self.controls, self.controls.fields
+        c = self.controls
         generate, interrupt = c.prompt_row()
-        width, height = default_box_size(self.easel.default_size_for(self.checkpoint.value))
+        width, height = default_box_size(c.easel.default_size_for(self.checkpoint.value))
         with gr.Row():
             with gr.Column(scale=3):
                 gr.HTML(canvas_html(width, height), elem_id="outpaint_canvas", js_on_load=None)
@@ -51,20 +48,15 @@ class OutpaintTab:
                             "grows the picture into the empty part.", elem_id="outpaint_help")
             with gr.Column(scale=1, min_width=320):
                 with gr.Row():
-                    f["width"] = gr.Slider(64, 2048, value=width, step=8, label="Box width", elem_id="outpaint_width")
-                    f["height"] = gr.Slider(64, 2048, value=height, step=8, label="Box height",
-                                            elem_id="outpaint_height")
+                    c.add("width", value=width)
+                    c.add("height", value=height)
                 c.sampling()
                 c.batch_cfg_seed()
-                f["overlap"] = gr.Slider(0, 256, value=DEFAULTS.overlap, step=8, label="Overlap band, px",
-                                         elem_id="outpaint_overlap")
-                f["prefill"] = gr.Radio(list(PREFILLS), value=DEFAULTS.prefill, label="The empty part starts from",
-                                        elem_id="outpaint_prefill")
-                f["outpaint_strength"] = gr.Slider(0.05, 1, value=DEFAULTS.outpaint_strength, step=0.01,
-                                                   label="Outpaint strength", elem_id="outpaint_outpaint_strength")
-                f["denoising_strength"] = gr.Slider(0, 1, value=DEFAULTS.denoising_strength, step=0.01,
-                                                    label="Denoising strength (covered box)",
-                                                    elem_id="outpaint_denoising_strength")
+                c.add("overlap")
+                c.add("prefill", choices=list(PREFILLS))
+                c.add("outpaint_strength")
+                c.add("denoising_strength")
+                c.pickers()
         self.wire(generate, interrupt)
 
     def wire(self, generate: gr.Button, interrupt: gr.Button) -> None:
@@ -87,4 +79,4 @@ class OutpaintTab:
         """A new checkpoint's box: 512, or its trained size when smaller."""
         if not name:
             return gr.skip(), gr.skip()
-        return default_box_size(self.easel.default_size_for(name))
+        return default_box_size(self.controls.easel.default_size_for(name))

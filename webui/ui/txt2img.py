@@ -4,17 +4,16 @@ from __future__ import annotations
 import gradio as gr
 
 from webui.generation.requests import Txt2ImgRequest
-from webui.services import Easel
 
-from .controls import SHARED_FIELDS, GenerationControls, JobRunner, ResultView
+from .controls import SHARED_FIELDS, GenerationControls, JobRunner
+from .result_view import ResultView
 
 
 class Txt2ImgTab:
-    def __init__(self, easel: Easel, checkpoint: gr.Dropdown, vae: gr.Dropdown | None = None):
-        self.easel = easel
-        self.controls = GenerationControls("txt2img", easel, checkpoint, vae)
+    def __init__(self, controls: GenerationControls, runner: JobRunner):
+        self.controls = controls
         self.results = ResultView("txt2img")
-        self.runner = JobRunner(easel)
+        self.runner = runner
 
     def build(self) -> None:
         c = self.controls
@@ -24,10 +23,11 @@ class Txt2ImgTab:
                 c.sampling()
                 c.size()
                 c.batch_cfg_seed()
+                c.pickers()
+                c.feature_sections("txt2img")
             with gr.Column(scale=1):
                 self.results.build()
-        inputs = set(c.fields.values())
-        generate.click(self.generate, inputs=inputs, outputs=self.results.outputs, concurrency_limit=None,
+        generate.click(self.generate, inputs=c.inputs, outputs=self.results.slots.outputs, concurrency_limit=None,
                        api_name="txt2img")
         interrupt.click(self.runner.interrupt, inputs=None, outputs=None, concurrency_limit=None, api_name=False)
         wire_seed_buttons(c, self.results)
@@ -36,7 +36,7 @@ class Txt2ImgTab:
     def generate(self, data: dict, request: gr.Request):
         def build() -> Txt2ImgRequest:
             return Txt2ImgRequest(**self.controls.request_values(data))
-        yield from self.runner.run(build, lambda req, owner: self.easel.submit_txt2img(req, owner), request)
+        yield from self.runner.run("txt2img", build, request, self.results.slots)
 
 
 def wire_seed_buttons(controls: GenerationControls, results: ResultView) -> None:
@@ -45,7 +45,8 @@ def wire_seed_buttons(controls: GenerationControls, results: ResultView) -> None
 
 
 def wire_paste_button(controls: GenerationControls) -> None:
-    """↙: an infotext pasted into the prompt box fills every field it names (A1111's behaviour)."""
+    """The paste button: an infotext pasted into the prompt box fills every field it names (A1111's ↙)."""
     targets = [comp for name, comp in controls.fields.items() if name not in SHARED_FIELDS]
+    targets += [w for section in controls.sections for w in section.widgets.values()]
     controls.paste.click(lambda text: controls.updates_from_infotext(text) or {},
                          inputs=controls.fields["prompt"], outputs=targets, api_name=False)

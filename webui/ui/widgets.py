@@ -18,12 +18,8 @@ def session_id(request: gr.Request | None) -> str:
 
 
 def progress_html(job: Job, position: int = 0) -> str:
-    if job.state is JobState.QUEUED:
-        text = f"Waiting in queue (position {position})" if position else "Waiting in queue"
-        pct = 0
-    else:
-        text = job.progress_text()
-        pct = round(job.progress * 100)
+    text = job.progress_text(position)
+    pct = 0 if job.state is JobState.QUEUED else round(job.progress * 100)
     bar = (
         f'<div class="easel-progress" data-state="{job.state.value}">'
         f'<div class="easel-progress-bar" style="width:{pct}%"></div>'

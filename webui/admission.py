@@ -1,0 +1,260 @@
+"""The one way in: every job, from the page, `/sdapi/v1`, `/easel/v1`, the outpaint canvas and the zoom,
+is admitted here before it reaches the queue.
+
+`Admission.submit(kind, request, caller)`:
+
+1. resolves the checkpoint and VAE: the request's own, else this request's `override_settings`, else
+   the caller's options, else the checkpoint Easel started with (never "whatever someone else loaded
+   last"); names resolve only through the listings, never as paths;
+2. applies the caller's options (clip skip, and extensions' options, which reach the features as
+   `run.options`);
+3. validates the per-feature settings and the script through the feature registry;
+4. enforces the server's limits (`--max-steps`, `--max-pixels`, `--max-batch`, `--max-zoom-keyframes`,
+   `--max-job-work`), each refusal naming the field and the limit;
+5. queues the job under the caller's name (the owner fairness and visibility go by).
+
+Refusals are `FieldError`s (a ValueError whose text starts with the field): the API answers 422, the
+page shows the message.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from webui.generation.builtins import img2img_size
+from webui.generation.errors import FieldError
+from webui.generation.requests import GenerationParams, Img2ImgRequest
+from webui.generation.zoom import ZoomRequest
+from webui.jobs.queue import Job
+from webui.models.catalog import CheckpointInfo
+from webui.models.errors import CheckpointNotFound
+from webui.models.vae import AUTOMATIC, NONE
+from webui.options import CoreOptions, OptionsStore
+from webui.services import Easel
+from webui.settings import Limits
+
+_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who submits: the queue owner every job of theirs gets, the signed-in user, whether an admin."""
+
+    owner: str
+    user: str | None = None
+    admin: bool = False
+
+    def may_see(self, job: Job) -> bool:
+        return self.admin or job.owner == self.owner
+
+
+@dataclass
+class Admitted:
+    """A queued job and what was decided for it."""
+
+    job: Job
+    request: Any  # the request as it will run (checkpoint, VAE, options and settings resolved)
+    checkpoint: CheckpointInfo | None
+    ignored: list[str] = field(default_factory=list)  # override_settings keys Easel does not use
+
+
+def looks_like_path(name: str) -> bool:
+    """A name that tries to step out of the model folders: absolute, drive-rooted or with `..`."""
+    parts = re.split(r"[\\/]", name)
+    return (name.startswith(("/", "\\")) or bool(_WINDOWS_DRIVE.match(name)) or ".." in parts
+            or "\x00" in name or name.startswith("~"))
+
+
+def validation_field_error(err: ValidationError, prefix: str = "") -> FieldError:
+    """The first problem of a pydantic error as a FieldError naming its field."""
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e.get("loc", ()))
+    return FieldError(".".join(p for p in (prefix, loc) if p) or "body", e["msg"].removeprefix("Value error, "))
+
+
+class Admission:
+    def __init__(self, easel: Easel, limits: Limits | None = None):
+        self.easel = easel
+        self.limits = limits if limits is not None else easel.settings.limits
+        self.options = OptionsStore(easel.options)
+        # Requests that name no checkpoint get the one Easel started with, not whatever another
+        # user's job loaded last: the same request gives the same image whoever ran before it.
+        start = easel.manager.default_checkpoint()
+        self.start_checkpoint = start.name if start is not None else None
+
+    # -- names ------------------------------------------------------------------------------------
+    def resolve_checkpoint(self, name: str | None, field_name: str = "checkpoint") -> CheckpointInfo:
+        """A checkpoint from the catalog only; a name is never used as a path."""
+        if name is not None and looks_like_path(name.strip()):
+            raise FieldError(field_name, "must be a checkpoint title, name or hash from /sdapi/v1/sd-models, "
+                                         "not a file path")
+        manager = self.easel.manager
+        try:
+            if name and name.strip():
+                return manager.resolve(name.strip())
+            try:
+                return manager.resolve(self.start_checkpoint)
+            except CheckpointNotFound:  # gone since start (or there was none): the manager's default
+                return manager.resolve(None)
+        except CheckpointNotFound as e:
+            raise FieldError(field_name, str(e)) from None
+
+    def resolve_vae(self, name: str | None, field_name: str = "vae") -> str:
+        """"Automatic", "None" or the name of a file listed in models/VAE; never a path."""
+        choice = (name or AUTOMATIC).strip()
+        if choice.lower() in (AUTOMATIC.lower(), NONE.lower()):
+            return AUTOMATIC if choice.lower() == AUTOMATIC.lower() else NONE
+        if looks_like_path(choice):
+            raise FieldError(field_name, "must be a VAE model_name from /sdapi/v1/sd-vae, not a file path")
+        files = self.easel.vaes.files()
+        for f in files:  # names resolve only through the listing
+            if choice in (f.name, f.path.name, f.path.stem):
+                return f.name
+        raise FieldError(field_name, f"no VAE {choice!r} in models/VAE; choose one of: "
+                                     f"{', '.join([AUTOMATIC, NONE] + [f.name for f in files])}")
+
+    # -- options ----------------------------------------------------------------------------------
+    def options_of(self, owner: str) -> BaseModel:
+        return self.options.get(owner)
+
+    def options_view(self, owner: str) -> dict[str, Any]:
+        options = self.options.get(owner)
+        try:
+            info = self.resolve_checkpoint(options.sd_model_checkpoint, "sd_model_checkpoint")
+        except FieldError:
+            info = None
+        view = options.model_dump()
+        view["sd_model_checkpoint"] = info.title if info else options.sd_model_checkpoint
+        view["sd_checkpoint_hash"] = info.sha256 if info else None
+        return view
+
+    def set_options(self, caller: Caller, changes: dict[str, Any], timeout: float | None = None) -> tuple[list[str], list[str]]:
+        """Validate and store the known keys: (updated, ignored). A new checkpoint is loaded first, as a
+        job of the caller's (A1111 loads it when the option is set); if it cannot be loaded the error
+        names `sd_model_checkpoint` and the previous choice stays."""
+        model = self.easel.options.model
+        known = {k: v for k, v in changes.items() if k in model.model_fields and v is not None}
+        ignored = sorted(k for k in changes if k not in model.model_fields)
+        current = self.options.get(caller.owner)
+        try:
+            updated = model.model_validate(current.model_dump() | known)
+        except ValidationError as e:
+            raise validation_field_error(e) from None
+        if "sd_vae" in known:
+            updated.sd_vae = self.resolve_vae(updated.sd_vae, "sd_vae")
+        if "sd_model_checkpoint" in known:
+            info = self.resolve_checkpoint(updated.sd_model_checkpoint, "sd_model_checkpoint")
+            if info.name != self._option_checkpoint(current):
+                job = self.easel.submit("load", info.name, caller.owner)
+                job.wait(timeout)
+                if not job.finished_ok:
+                    raise FieldError("sd_model_checkpoint", f"could not be loaded, the previous choice stays: "
+                                                            f"{job.error or 'interrupted'}")
+            updated.sd_model_checkpoint = info.title
+        self.options.put(caller.owner, updated)
+        return sorted(known), ignored
+
+    def _option_checkpoint(self, options: BaseModel) -> str | None:
+        try:
+            return self.resolve_checkpoint(options.sd_model_checkpoint, "sd_model_checkpoint").name
+        except FieldError:
+            return None
+
+    def _overrides(self, request: Any) -> dict[str, Any]:
+        """The request's override_settings that are options, validated (errors name the key)."""
+        model = self.easel.options.model
+        given = getattr(request, "override_settings", {}) or {}
+        known = {k: v for k, v in given.items() if k in model.model_fields and v is not None}
+        try:
+            model.model_validate(known)
+        except ValidationError as e:
+            raise validation_field_error(e, "override_settings") from None
+        return known
+
+    # -- admitting --------------------------------------------------------------------------------
+    def prepare(self, kind: str, request: Any, caller: Caller) -> Admitted:
+        """The request as it will run, checked; nothing is queued (see `submit`)."""
+        if kind == "load":
+            info = self.resolve_checkpoint(request, "sd_model_checkpoint")
+            return Admitted(None, info.name, info)  # type: ignore[arg-type]
+        options = self.options.get(caller.owner)
+        overrides = self._overrides(request)
+        info = self.resolve_checkpoint(*_pick(request.checkpoint, "checkpoint", overrides, "sd_model_checkpoint",
+                                              options.sd_model_checkpoint, "sd_model_checkpoint"))
+        changes: dict[str, Any] = {
+            "checkpoint": info.name,
+            "vae": self.resolve_vae(*_pick(request.vae, "vae", overrides, "sd_vae", options.sd_vae, "sd_vae")),
+        }
+        if "clip_skip" not in request.model_fields_set:
+            changes["clip_skip"] = overrides.get("CLIP_stop_at_last_layers", options.CLIP_stop_at_last_layers)
+        extension_options = {k: getattr(options, k) for k in self.easel.options.extension_keys}
+        changes["override_settings"] = extension_options | {k: v for k, v in overrides.items()
+                                                            if k not in CoreOptions.model_fields}
+        resolved = self.easel.features.validate(request.model_copy(update=changes))
+        self.check_limits(kind, resolved, info)
+        ignored = sorted(k for k in (getattr(request, "override_settings", {}) or {})
+                         if k not in self.easel.options.model.model_fields)
+        return Admitted(None, resolved, info, ignored)  # type: ignore[arg-type]
+
+    def submit(self, kind: str, request: Any, caller: Caller, *, save: bool = True) -> Admitted:
+        """Check `request` and queue it as the caller's job of `kind` ("txt2img", "img2img", "outpaint",
+        "zoom", or "load" with a checkpoint name as the request). FieldError when it is refused."""
+        admitted = self.prepare(kind, request, caller)
+        admitted.job = self.easel.submit(kind, admitted.request, caller.owner, save)
+        return admitted
+
+    # -- limits -----------------------------------------------------------------------------------
+    def run_size(self, request: GenerationParams, info: CheckpointInfo) -> tuple[int, int]:
+        """The size the request will run at: its own, the init image's, or the checkpoint's."""
+        if isinstance(request, Img2ImgRequest):
+            return img2img_size(request, request.init_image)
+        if request.width and request.height:
+            return request.width, request.height
+        default = self.easel.default_size_for(info.name)
+        if isinstance(request, ZoomRequest):
+            default = tuple(min(512, s) for s in default)
+        return request.width or default[0], request.height or default[1]
+
+    def check_limits(self, kind: str, request: GenerationParams, info: CheckpointInfo) -> None:
+        limits = self.limits
+        if limits.max_steps is not None and request.steps > limits.max_steps:
+            raise FieldError("steps", f"at most {limits.max_steps} on this server (got {request.steps})")
+        images = request.total_images
+        if limits.max_batch is not None and images > limits.max_batch:
+            raise FieldError("n_iter", f"batch_size × n_iter is at most {limits.max_batch} images on this server "
+                                       f"(got {request.batch_size} × {request.n_iter})")
+        width, height = self.run_size(request, info)
+        if limits.max_pixels is not None and width * height > limits.max_pixels:
+            given = request.width and request.height and not isinstance(request, Img2ImgRequest)
+            source = "" if given else " (the size it would run at: width/height were not given)"
+            raise FieldError("width", f"width × height is at most {limits.max_pixels} pixels on this server; it "
+                                      f"would be {width}x{height}{source}")
+        if isinstance(request, ZoomRequest):
+            if limits.max_zoom_keyframes is not None and request.keyframes > limits.max_zoom_keyframes:
+                raise FieldError("keyframes", f"at most {limits.max_zoom_keyframes} on this server "
+                                              f"(got {request.keyframes})")
+            images = request.keyframes + 1
+        work = images * request.steps * width * height / 1e6
+        if limits.max_job_work is not None and work > limits.max_job_work:
+            what = "keyframes" if isinstance(request, ZoomRequest) else "n_iter"
+            raise FieldError(what, f"this job is {work:,.0f} megapixel-steps (images × steps × width × height "
+                                   f"/ 10⁶); this server takes at most {limits.max_job_work:,.0f} per job")
+
+    # -- seeing jobs ------------------------------------------------------------------------------
+    def visible_job(self, job_id: str, caller: Caller) -> Job | None:
+        """A job the caller may see (their own; any for an admin), else None."""
+        job = self.easel.queue.get(job_id)
+        return job if job is not None and caller.may_see(job) else None
+
+
+def _pick(value, field: str, overrides: dict, key: str, option, option_field: str) -> tuple[Any, str]:
+    """(value, the field an error should name): the request's own field, then its
+    override_settings[key], then the caller's option."""
+    if value:
+        return value, field
+    if overrides.get(key):
+        return overrides[key], f"override_settings.{key}"
+    return option, option_field
