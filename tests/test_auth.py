@@ -2,7 +2,6 @@
 and what signed-in users may do to each other's jobs."""
 from __future__ import annotations
 
-import base64
 import json
 import re
 import threading
@@ -16,7 +15,7 @@ from starlette.routing import Mount
 from starlette.websockets import WebSocketDisconnect
 
 from app import build_app
-from webui.auth import COOKIE_NAME, Accounts, SessionSigner, Surface, safe_next
+from webui.auth import COOKIE_NAME, Accounts, Sessions, Surface, safe_next
 from webui.jobs.queue import JobState
 from webui.settings import parse_credentials, settings_from_args
 
@@ -86,17 +85,22 @@ def test_flags_files_and_admin_defaults(tmp_path):
         settings_from_args(["--data-dir", str(tmp_path), "--gradio-auth-path", str(tmp_path / "missing")])
 
 
-def test_sessions_are_signed_and_expire():
-    signer = SessionSigner(max_age=60)
-    token = signer.issue("alice")
-    assert signer.verify(token) == "alice"
-    name, expiry, mac = token.split(".")
-    assert signer.verify(f"{base64.urlsafe_b64encode(b'root').decode().rstrip('=')}.{expiry}.{mac}") is None
-    assert signer.verify(f"{name}.{int(expiry) + 999}.{mac}") is None
-    assert signer.verify(token, now=time.time() + 120) is None
-    assert SessionSigner().verify(token) is None  # another process's key
+def test_sessions_are_signed_expire_and_can_be_revoked():
+    sessions = Sessions(max_age=60)
+    token = sessions.issue("alice")
+    assert sessions.verify(token) == "alice"
+    payload, _, signature = token.rpartition(".")
+    assert sessions.verify(payload + "." + signature[::-1]) is None  # a damaged signature
+    forged = Sessions(max_age=60)  # another key makes a well-formed token for a user it names
+    assert sessions.verify(forged.issue("root")) is None
+    assert sessions.verify(token, now=time.time() + 120) is None  # past the session's own expiry
+    assert sessions.verify(token) is None  # ... and an expired session is forgotten
+    fresh = sessions.issue("alice")
+    other = sessions.issue("alice")  # a second browser of the same user
+    sessions.revoke(fresh)
+    assert sessions.verify(fresh) is None and sessions.verify(other) == "alice"
     for junk in ("", "a.b", "a.b.c.d", "!!.1.2"):
-        assert signer.verify(junk) is None
+        assert sessions.verify(junk) is None
 
 
 def test_password_check_is_exact():
@@ -170,10 +174,15 @@ def test_the_login_form_opens_the_ui_with_a_session_cookie(easel):
         assert client.get("/config").status_code == 200
         assert client.get("/docs").status_code == 200
         assert client.get("/sdapi/v1/options").status_code == 200
-        out = client.get("/logout")
-        assert out.status_code == 303 and out.headers["location"] == "/login"
+        copy = {"cookie": f"{COOKIE_NAME}={client.cookies.get(COOKIE_NAME)}"}  # someone keeps a copy...
         client.cookies.clear()
+        assert client.get("/config", headers=copy).status_code == 200
+        out = client.get("/logout", headers=copy)
+        assert out.status_code == 303 and out.headers["location"] == "/login"
         assert client.get("/config").status_code == 401
+        # ...signing out ended the session on the server: the copy opens nothing any more
+        assert client.get("/config", headers=copy).status_code == 401
+        assert client.get("/sdapi/v1/options", headers=copy).status_code == 401
 
 
 def test_api_logins_and_ui_logins_are_separate_when_both_are_given(easel):

@@ -10,6 +10,7 @@ import torch
 
 from webui.models.catalog import Catalog, HashCache
 from webui.models.errors import ModelError
+from webui.models.cache import GB, tensor_bytes
 from webui.models.manager import ModelManager, TierBudget, model_bytes
 
 
@@ -125,3 +126,75 @@ def test_a_bad_file_of_the_same_architecture_leaves_the_model_to_reuse_intact(ma
         assert all(torch.equal(before[k], v) for k, v in m.get("tiny-a.safetensors").vae.state_dict().items())
     finally:
         (model_root / "models" / "Stable-diffusion" / "zz-bad-shape.safetensors").unlink()
+
+
+# -- every kind of model in one cache ------------------------------------------------------------------
+
+
+def fake_model(megabytes: float) -> torch.nn.Module:
+    """A stand-in for an upscaler or ControlNet: a module of a known size."""
+    return torch.nn.Linear(1, int(megabytes * 2**20 / 4), bias=False)
+
+
+def get_fake(m, kind: str, key: str, megabytes: float):
+    return m.get_model(kind, key, key, load=lambda: fake_model(megabytes), size=lambda v: tensor_bytes([v]),
+                       move=lambda v, device: v.to(device))
+
+
+def kinds(m, tier: str) -> list[tuple[str, str]]:
+    return [(e.kind, e.title.split(" [")[0]) for e in m.cache.entries() if e.tier == tier]
+
+
+def test_every_kind_shares_the_gigabyte_budget_least_recently_used_first(make_manager):
+    probe = make_manager(TierBudget(models=None), TierBudget(models=0))
+    checkpoint = model_bytes(probe.get("tiny-a.safetensors"))
+    mb = checkpoint / 2**20
+    # room on the device for the checkpoint and one model of its size, not two
+    m = make_manager(TierBudget(models=1, gigabytes=2.5 * checkpoint / GB, others=None),
+                     TierBudget(models=1, gigabytes=None, others=1))
+    m.get("tiny-a.safetensors")
+    get_fake(m, "upscaler", "up", mb)
+    assert kinds(m, "device") == [("checkpoint", "tiny-a.safetensors"), ("upscaler", "up")]
+    m.get("tiny-a.safetensors")  # now the upscaler is the least recently used
+    get_fake(m, "controlnet", "cn", mb)
+    assert kinds(m, "device") == [("checkpoint", "tiny-a.safetensors"), ("controlnet", "cn")]
+    assert kinds(m, "ram") == [("upscaler", "up")]
+    get_fake(m, "controlnet", "cn2", mb)  # the checkpoint is the oldest now: it leaves the device
+    assert kinds(m, "device") == [("controlnet", "cn"), ("controlnet", "cn2")]
+    assert kinds(m, "ram") == [("upscaler", "up"), ("checkpoint", "tiny-a.safetensors")]
+    get_fake(m, "upscaler", "up2", mb)  # cn goes to RAM, where one model of another kind fits: up is dropped
+    assert kinds(m, "ram") == [("checkpoint", "tiny-a.safetensors"), ("controlnet", "cn")]
+
+
+def test_counts_per_kind_and_pins(make_manager):
+    m = make_manager(TierBudget(models=1, others=2), TierBudget(models=0, others=0))
+    model = m.get("tiny-a.safetensors")
+    m.pin(model)
+    for key in ("a", "b", "c"):
+        get_fake(m, "upscaler", key, 0.01)
+    assert kinds(m, "device") == [("checkpoint", "tiny-a.safetensors"), ("upscaler", "b"), ("upscaler", "c")]
+    m.get("tiny-b.safetensors")  # one checkpoint on the device, but tiny-a is in use: both stay until it is free
+    assert {k for k in kinds(m, "device") if k[0] == "checkpoint"} == {("checkpoint", "tiny-a.safetensors"),
+                                                                       ("checkpoint", "tiny-b.safetensors")}
+    m.unpin(model)
+    m.get("tiny-b.safetensors")
+    assert [k for k in kinds(m, "device") if k[0] == "checkpoint"] == [("checkpoint", "tiny-b.safetensors")]
+
+
+def test_an_attached_vae_counts_in_its_checkpoints_size(easel):
+    from safetensors.torch import save_file
+
+    from tiny_models import build_tiny_sd
+
+    other = build_tiny_sd(seed=7).vae
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()},
+              str(easel.settings.models_dir / "VAE" / "extra.safetensors"))
+    model = easel.load_model("tiny-a.safetensors")
+    easel.manager.pin(model)
+    easel.manager.unpin(model)
+    (before,) = [e.size for e in easel.manager.cache.entries("checkpoint")]
+    model = easel.load_model("tiny-a.safetensors", "extra.safetensors")
+    easel.manager.pin(model)
+    easel.manager.unpin(model)  # the job that attached it is done: the entry is measured again
+    (after,) = [e.size for e in easel.manager.cache.entries("checkpoint")]
+    assert after - before == tensor_bytes([other])

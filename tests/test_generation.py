@@ -6,6 +6,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from webui.generation.engine import Engine
 from webui.generation.requests import Txt2ImgRequest, describe_validation_error
 from webui.generation.samplers import SAMPLERS, resolve_sampler
 from webui.images.infotext import parse_infotext
@@ -60,12 +61,41 @@ def test_variation_seed_moves_the_image_gradually(easel, model):
     assert info["Variation seed"] == "9" and info["Variation seed strength"] == "0.5"
 
 
+def diffusers_reference(model, sampler_name: str, steps: int, seed: int, cfg: float, prompt: str) -> np.ndarray:
+    """The same sampling done by diffusers' own StableDiffusionPipeline on the same modules: the scheduler
+    Easel builds for the sampler name, Easel's conditioning, its per-seed noise and the generator that
+    drew it (ancestral and SDE samplers keep drawing from it)."""
+    from diffusers import StableDiffusionPipeline
+
+    from webui.generation.conditioning import ScheduledConditioning
+    from webui.generation.noise import image_noise
+    from webui.generation.samplers import build_scheduler
+
+    sampler, schedule = resolve_sampler(sampler_name, "Automatic")
+    scheduler = build_scheduler(sampler, schedule, model.scheduler_config)
+    if "noise_sampler_seed" in scheduler.config:
+        scheduler.register_to_config(noise_sampler_seed=seed)
+    pipe = StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
+                                   unet=model.unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    encoder = Engine().prompt_encoder(model, 1)
+    cond = ScheduledConditioning(encoder, [prompt], steps).at(0)
+    uncond = ScheduledConditioning(encoder, [""], steps, negative=True).at(0)
+    noise, generator = image_noise((1, 4, 16, 16), seed, 0, 0.0)
+    out = pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, num_inference_steps=steps, guidance_scale=cfg,
+               height=64, width=64, latents=noise, generator=generator, output_type="np").images[0]
+    return (out * 255).round().astype(np.int16)
+
+
 @pytest.mark.parametrize("sampler", [s.name for s in SAMPLERS])
-def test_every_sampler_runs(easel, model, sampler):
-    r = run(easel, model, seed=1, sampler_name=sampler, steps=2 if sampler != "PLMS" else 3)
-    image = arr(r.images[0])
-    assert image.shape == (64, 64, 3)
+def test_every_sampler_matches_diffusers_own_loop(easel, model, sampler):
+    steps = 3 if sampler in ("PLMS", "Heun", "DPM2", "DPM2 a") else 2
+    r = run(easel, model, seed=1, sampler_name=sampler, steps=steps)
     assert f"Sampler: {sampler}," in r.infotexts[0]
+    reference = diffusers_reference(model, sampler, steps, 1, BASE["cfg_scale"], BASE["prompt"])
+    assert np.abs(arr(r.images[0]) - reference).max() <= 2, sampler
+    other = run(easel, model, seed=2, sampler_name=sampler, steps=steps)
+    assert np.abs(arr(other.images[0]) - reference).mean() > 0.5  # (the comparison can tell seeds apart)
 
 
 def test_schedule_types_change_the_sigmas(easel, model):
@@ -108,12 +138,18 @@ def test_cfg_changes_the_image_and_cfg_1_skips_the_negative(easel, model):
     assert np.array_equal(low, neg_a)  # at CFG 1 the negative prompt has no effect, as in A1111
 
 
-def test_prompt_weights_change_the_image(easel, model):
+def test_prompt_weights_change_the_image_and_escaped_brackets_are_plain_text(easel, model):
     plain = arr(run(easel, model, seed=4, prompt="red circle").images[0])
     weighted = arr(run(easel, model, seed=4, prompt="(red:1.8) circle").images[0])
-    escaped = arr(run(easel, model, seed=4, prompt="red circle").images[0])
     assert np.abs(plain - weighted).mean() > 0.1
-    assert np.array_equal(plain, escaped)
+    # `\(red:1.8\)` is the text "(red:1.8)" at weight 1: not the weighting, and exactly that text
+    escaped = run(easel, model, seed=4, prompt="\\(red:1.8\\) circle")
+    assert np.abs(arr(escaped.images[0]) - weighted).mean() > 0.1
+    encoder = easel.engine.prompt_encoder(model, 1)
+    chunk = encoder.chunks("\\(red:1.8\\) circle")[0]
+    assert chunk.weights == [1.0] * len(chunk.tokens)
+    assert chunk.tokens == encoder.tokenize_fragments(["(red:1.8) circle"])[0]
+    assert not np.array_equal(arr(escaped.images[0]), plain)
 
 
 class Recorder:
@@ -146,7 +182,8 @@ def test_interrupt_stops_and_keeps_finished_images(easel, model):
 
 
 def test_prompt_editing_switches_conditioning_mid_run(easel, model):
-    """`[red:blue:2]` equals red for the first steps and differs from both plain prompts."""
+    """`[red:blue:2]` differs from both plain prompts (the exact step of the switch is checked on the UNet's
+    inputs in test_extensions.py::test_the_prompt_schedule_switches_at_a1111s_step)."""
     edit = arr(run(easel, model, seed=8, steps=4, prompt="a [red:blue:2] circle").images[0])
     red = arr(run(easel, model, seed=8, steps=4, prompt="a red circle").images[0])
     blue = arr(run(easel, model, seed=8, steps=4, prompt="a blue circle").images[0])
@@ -176,3 +213,30 @@ def test_no_gradients_and_no_state_left_between_runs(easel, model):
     run(easel, model, seed=1)
     assert not any(p.requires_grad for p in model.unet.parameters())
     assert torch.is_grad_enabled()
+
+
+def test_nans_stop_the_job_with_the_cause_and_the_remedy(easel, tmp_path):
+    """A UNet (or VAE) that produces NaNs would give a black picture; Easel stops and says why, as A1111
+    does, unless --disable-nan-check."""
+    from tiny_models import build_tiny_sd, write_safetensors
+
+    from webui.generation.errors import GenerationError
+    from webui.jobs.queue import JobState
+
+    folder = easel.settings.checkpoint_dirs[0]
+    broken_unet, broken_vae = build_tiny_sd(seed=0), build_tiny_sd(seed=0)
+    with torch.no_grad():
+        broken_unet.unet.conv_out.bias.fill_(float("nan"))
+        broken_vae.vae.decoder.conv_out.bias.fill_(float("nan"))
+    write_safetensors(broken_unet, folder / "nan-unet.safetensors", metadata={"modelspec.resolution": "64x64"})
+    write_safetensors(broken_vae, folder / "nan-vae.safetensors", metadata={"modelspec.resolution": "64x64"})
+    easel.refresh()
+    job = easel.submit("txt2img", Txt2ImgRequest(**BASE, seed=1, checkpoint="nan-unet.safetensors"), "me", save=False)
+    assert job.wait(60) and job.state is JobState.FAILED
+    assert "UNet produced NaNs" in job.error and "--no-half" in job.error and "--disable-nan-check" in job.error
+    assert issubclass(job.error_type, GenerationError)
+    with pytest.raises(GenerationError, match="VAE produced NaNs .* choose another VAE"):
+        run(easel, easel.load_model("nan-vae.safetensors"), seed=1)
+    unchecked = Engine(features=easel.engine.features, nan_check=False)
+    black = unchecked.txt2img(easel.load_model("nan-unet.safetensors"), Txt2ImgRequest(**BASE, seed=1))
+    assert arr(black.images[0]).max() == 0  # what --disable-nan-check gives: A1111's black picture

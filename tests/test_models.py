@@ -180,3 +180,29 @@ def test_refresh_finds_a_new_file(easel, tmp_path, tiny_a):
     write_safetensors(tiny_a, folder / "new.safetensors")
     easel.manager.refresh()
     assert any(c.name == "new.safetensors" for c in easel.manager.list())
+
+
+def test_the_shipped_demo_model_stays_available_with_another_data_dir(tmp_path, model_root):
+    """A Colab Drive or LAN-share --data-dir has its own (maybe empty) models folder; the demo model Easel
+    ships is still listed as the fallback, and only chosen when the data dir has no checkpoint."""
+    from webui.models.manager import DEMO_CHECKPOINT
+    from webui.services import Easel
+    from webui.settings import SHIPPED_DEMO, settings_from_args
+
+    empty = Easel.create(settings_from_args(["--data-dir", str(tmp_path / "drive"), "--device", "cpu"]))
+    try:
+        listed = empty.manager.list()
+        assert [c.name for c in listed] == [DEMO_CHECKPOINT] and listed[0].path == SHIPPED_DEMO
+        assert empty.manager.default_checkpoint().fallback
+        assert empty.load_model(None).info.path == SHIPPED_DEMO
+    finally:
+        empty.close()
+    own = tmp_path / "share"
+    (own / "models" / "Stable-diffusion").mkdir(parents=True)
+    shutil.copy(model_root / "models" / "Stable-diffusion" / "tiny-b.safetensors", own / "models" / "Stable-diffusion")
+    mine = Easel.create(settings_from_args(["--data-dir", str(own), "--device", "cpu"]))
+    try:
+        assert [c.name for c in mine.manager.list()] == ["tiny-b.safetensors", DEMO_CHECKPOINT]
+        assert mine.manager.default_checkpoint().name == "tiny-b.safetensors"
+    finally:
+        mine.close()

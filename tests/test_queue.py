@@ -7,8 +7,11 @@ import time
 from webui.jobs.queue import Job, JobQueue, JobState
 
 
-def slow_job(steps: int, delay: float = 0.02, gate: threading.Event | None = None):
+def slow_job(steps: int, delay: float = 0.02, gate: threading.Event | None = None,
+             started: threading.Event | None = None):
     def run(job: Job):
+        if started is not None:
+            started.set()
         if gate is not None:
             gate.wait(5)
         for i in range(steps):
@@ -23,11 +26,11 @@ def slow_job(steps: int, delay: float = 0.02, gate: threading.Event | None = Non
 def test_jobs_run_in_order_with_ids_and_progress():
     q = JobQueue()
     try:
-        gate = threading.Event()
-        first = q.submit(Job(run=slow_job(3, gate=gate)))
+        gate, started = threading.Event(), threading.Event()
+        first = q.submit(Job(run=slow_job(3, gate=gate, started=started)))
         second = q.submit(Job(run=slow_job(3)))
         assert first.id != second.id and q.get(first.id) is first
-        time.sleep(0.05)
+        assert started.wait(5)  # the worker has the first job (no fixed sleep: it is told)
         assert first.state is JobState.RUNNING and second.state is JobState.QUEUED
         assert q.position(second) == 1
         gate.set()

@@ -164,3 +164,15 @@ def test_pasting_an_infotext_and_pressing_the_arrow_fills_the_fields(server, pag
     assert page.locator("#txt2img_steps input[type=number]").input_value() == "7"
     assert page.locator("#txt2img_height input[type=number]").input_value() == "72"
     assert page.locator("#txt2img_scheduler input").input_value() == "Karras"
+
+
+def test_tool_buttons_show_icons_that_render_without_an_emoji_font(server, page):
+    """Headless Chromium here has no emoji font (nor do many minimal desktops): the small buttons carry SVG
+    icons instead, which must load and have a size."""
+    for elem in ("refresh_sd_model_checkpoint", "txt2img_random_seed", "txt2img_reuse_seed", "txt2img_paste"):
+        button = page.locator(f"#{elem}")
+        assert not any(ord(ch) > 0x2000 for ch in button.inner_text()), elem  # no emoji (or other symbol) text
+        icon = button.locator("img")
+        page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=icon.element_handle())
+        box = icon.bounding_box()
+        assert box and box["width"] >= 12 and box["height"] >= 12, (elem, box)

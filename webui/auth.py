@@ -11,7 +11,8 @@ Two surfaces, as in A1111: the API (`--api-auth`) and the web UI (`--gradio-auth
 never leaves the other open (A1111 leaves the API open with `--gradio-auth` alone).
 
 Passwords are compared in constant time (as SHA-256 digests, so lengths leak nothing either) and
-never appear in a response, a log line or `repr`.
+never appear in a response, a log line or `repr`. Browser sessions are signed with itsdangerous and
+kept on the server, so signing out ends them everywhere (`Sessions`).
 """
 from __future__ import annotations
 
@@ -22,13 +23,16 @@ import hashlib
 import hmac
 import html
 import secrets
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
 from http.cookies import SimpleCookie
 from typing import Mapping
 from urllib.parse import parse_qs, quote
 
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.datastructures import Headers
 from starlette.requests import HTTPConnection
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -95,32 +99,55 @@ class Accounts:
         return user is not None and user in self.admins
 
 
-class SessionSigner:
-    """Signed, expiring session tokens `user.expiry.mac`; the key lives only in this process."""
+class Sessions:
+    """Browser sessions: a cookie signed with itsdangerous (key in this process only) that names a session
+    the server keeps. Signing out (`revoke`) forgets the session, so its cookie stops working at once
+    even if someone kept a copy; so does expiry, and so does a restart."""
 
-    def __init__(self, key: bytes | None = None, max_age: int = SESSION_SECONDS):
-        self._key = key or secrets.token_bytes(32)
+    def __init__(self, key: bytes | None = None, max_age: int = SESSION_SECONDS, capacity: int = 10000):
+        self._serializer = URLSafeTimedSerializer(key or secrets.token_bytes(32), salt="easel-session")
         self.max_age = max_age
-
-    def _mac(self, payload: str) -> str:
-        return hmac.new(self._key, payload.encode("ascii"), hashlib.sha256).hexdigest()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._active: OrderedDict[str, tuple[str, float]] = OrderedDict()  # session id -> (user, expiry)
 
     def issue(self, user: str, now: float | None = None) -> str:
-        name = base64.urlsafe_b64encode(user.encode("utf-8", "surrogatepass")).decode("ascii").rstrip("=")
-        payload = f"{name}.{int((now or time.time()) + self.max_age)}"
-        return f"{payload}.{self._mac(payload)}"
+        sid = secrets.token_urlsafe(18)
+        with self._lock:
+            self._active[sid] = (user, (now or time.time()) + self.max_age)
+            while len(self._active) > self._capacity:  # the oldest sessions go first
+                self._active.popitem(last=False)
+        return self._serializer.dumps({"u": user, "s": sid})
+
+    def _read(self, token: str) -> tuple[str, str] | None:
+        try:
+            data = self._serializer.loads(token, max_age=self.max_age)
+        except (BadSignature, UnicodeError, ValueError, TypeError):
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("u"), str) or not isinstance(data.get("s"), str):
+            return None
+        return data["u"], data["s"]
 
     def verify(self, token: str, now: float | None = None) -> str | None:
-        """The user a token was issued to, or None if it is forged, damaged or expired."""
-        try:
-            name, expiry, mac = token.split(".")
-            if not hmac.compare_digest(mac, self._mac(f"{name}.{expiry}")):
-                return None
-            if int(expiry) < (now or time.time()):
-                return None
-            return base64.urlsafe_b64decode(name + "=" * (-len(name) % 4)).decode("utf-8", "surrogatepass")
-        except (ValueError, UnicodeError, binascii.Error):
+        """The user of a live session, or None if the token is forged, damaged, expired or signed out."""
+        read = self._read(token)
+        if read is None:
             return None
+        user, sid = read
+        with self._lock:
+            active = self._active.get(sid)
+            if active is None or active[0] != user:
+                return None
+            if active[1] < (now or time.time()):
+                del self._active[sid]
+                return None
+        return user
+
+    def revoke(self, token: str) -> None:
+        read = self._read(token)
+        if read is not None:
+            with self._lock:
+                self._active.pop(read[1], None)
 
 
 def basic_credentials(headers: Headers) -> tuple[str, str] | None:
@@ -150,9 +177,9 @@ class Gate:
     """Answers "who is this request, and may they use this surface?"; shared by the middleware,
     Gradio's `auth_dependency` and the API's caller dependency."""
 
-    def __init__(self, accounts: Accounts, signer: SessionSigner | None = None):
+    def __init__(self, accounts: Accounts, sessions: Sessions | None = None):
         self.accounts = accounts
-        self.signer = signer or SessionSigner()
+        self.sessions = sessions or Sessions()
 
     @property
     def enabled(self) -> bool:
@@ -166,7 +193,7 @@ class Gate:
             return (creds[0] if ok else None), not ok
         token = session_cookie(headers)
         if token is not None:
-            user = self.signer.verify(token)
+            user = self.sessions.verify(token)
             if user is not None and user in self.accounts.users(surface):
                 return user, False
         return None, False
@@ -195,7 +222,7 @@ class AccessGuard:
             return
         path = scope.get("path", "")
         if scope["type"] == "http" and path in (LOGIN_PATH, LOGOUT_PATH):
-            response = await (self._login(scope, receive) if path == LOGIN_PATH else self._logout())
+            response = await (self._login(scope, receive) if path == LOGIN_PATH else self._logout(scope))
             await response(scope, receive, send)
             return
         headers = Headers(scope=scope)
@@ -234,12 +261,14 @@ class AccessGuard:
             await asyncio.sleep(FAILED_LOGIN_DELAY)
             return login_page(target, user=user, failed=True)
         response = RedirectResponse(target, status_code=303)
-        response.set_cookie(COOKIE_NAME, self.gate.signer.issue(user), max_age=self.gate.signer.max_age,
+        response.set_cookie(COOKIE_NAME, self.gate.sessions.issue(user), max_age=self.gate.sessions.max_age,
                             httponly=True, samesite="lax", secure=scope.get("scheme") == "https", path="/")
         return response
 
-    @staticmethod
-    async def _logout() -> Response:
+    async def _logout(self, scope: Scope) -> Response:
+        token = session_cookie(Headers(scope=scope))
+        if token is not None:
+            self.gate.sessions.revoke(token)  # the cookie is dead on the server too, not only deleted
         response = RedirectResponse(LOGIN_PATH, status_code=303)
         response.delete_cookie(COOKIE_NAME, path="/")
         return response

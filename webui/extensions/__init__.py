@@ -23,11 +23,12 @@ from webui.generation.extension_points import (
 )
 from webui.generation.fields import Param
 from webui.generation.latents import InitLatents
+from webui.generation.result import GenerationResult
 from webui.images.store import PendingSave, SavedImage
 
 from .interface import ApiServices, ExtensionContext, UiServices
 
 __all__ = [
-    "ApiServices", "Batch", "ExtensionContext", "Feature", "FieldError", "Guidance", "InitLatents", "Output",
+    "ApiServices", "Batch", "ExtensionContext", "Feature", "FieldError", "GenerationResult", "Guidance", "InitLatents", "Output",
     "Param", "PendingSave", "Run", "SavedImage", "Script", "ScriptContext", "Step", "UiServices", "UnetCall",
 ]

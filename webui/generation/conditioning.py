@@ -23,7 +23,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from webui.models.embeddings import Embedding, split_on_embeddings
 from webui.models.tokenizers import clean_text
-from webui.prompts import get_learned_conditioning_prompt_schedules, parse_prompt_attention
+from webui.prompts import get_learned_conditioning_prompt_schedules, parse_prompt_attention, prompt_schedule_at
 
 CHUNK_TOKENS = 75
 COMMA_BACKTRACK = 20
@@ -254,16 +254,8 @@ class ScheduledConditioning:
         return self._pooled[texts]
 
     def texts_at(self, step: int) -> tuple[str, ...]:
-        """The prompt texts in force at 0-based `step` (first schedule entry whose end step is >= step)."""
-        out = []
-        for schedule in self.schedules:
-            text = schedule[-1][1]
-            for end_step, candidate in schedule:
-                if step <= end_step:
-                    text = candidate
-                    break
-            out.append(text)
-        return tuple(out)
+        """The prompt texts in force at 0-based `step` (webui.prompts.prompt_schedule_at's rule)."""
+        return tuple(prompt_schedule_at(schedule, step) for schedule in self.schedules)
 
     def at(self, step: int, length: int | None = None) -> torch.Tensor:
         texts = self.texts_at(step)

@@ -18,11 +18,9 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-from PIL import Image
 
 from webui import __version__
 from webui.images.infotext import create_infotext
@@ -38,6 +36,7 @@ from .fields import infotext_params
 from .latents import InitLatents, check_unet_output, encode_images, latents_to_images
 from .noise import image_noise, pick_seed
 from .progress import NullProgress, ProgressSink, yield_turn
+from .result import GenerationResult
 from .requests import GenerationParams, Img2ImgRequest, Txt2ImgRequest
 from .samplers import build_scheduler, resolve_sampler
 
@@ -49,24 +48,6 @@ ModelSource = Callable[[str | None, str | None], LoadedModel]
 
 __all__ = ["Engine", "GenerationResult", "InitLatents", "img2img_size", "prepare_img2img", "encode_images",
            "latents_to_images", "resolve_request", "sdxl_added_conditioning"]
-
-
-@dataclass
-class GenerationResult:
-    images: list[Image.Image]
-    infotexts: list[str]
-    seeds: list[int]
-    subseeds: list[int]
-    request: GenerationParams  # with seed, size and sampler resolved
-    interrupted: bool = False
-    seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
-    prompts: list[str] = field(default_factory=list)  # each image's own (features may vary them)
-    negative_prompts: list[str] = field(default_factory=list)
-
-    @property
-    def info(self) -> str:
-        return self.infotexts[0] if self.infotexts else ""
 
 
 def resolve_request(req: GenerationParams, model: LoadedModel, size: tuple[int, int] | None = None):

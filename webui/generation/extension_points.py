@@ -42,10 +42,10 @@ if TYPE_CHECKING:
     from webui.models.loader import LoadedModel
 
     from .conditioning import ScheduledConditioning
-    from .engine import GenerationResult
     from .latents import InitLatents
     from .progress import ProgressSink
     from .requests import GenerationParams
+    from .result import GenerationResult
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +167,27 @@ class Output:
 
 
 # -- features ------------------------------------------------------------------------------------------
+def settings_from(model: type[BaseModel], value: Any, path: str) -> BaseModel:
+    """Settings from A1111's positional list (in the model's field order) or from an object by name; a
+    FieldError names the field as it was sent (`path.2` for the third value, `path.name` otherwise)."""
+    if isinstance(value, (list, tuple)):
+        names = list(model.model_fields)
+        if len(value) > len(names):
+            raise FieldError(path, f"takes at most {len(names)} values ({', '.join(names)})")
+        data, where = dict(zip(names, value)), {n: str(i) for i, n in enumerate(names)}
+    elif isinstance(value, dict):
+        data, where = value, {}
+    else:
+        raise FieldError(path, "must be a list or an object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = [str(p) for p in err.get("loc", ())]
+        full = ".".join([path, where.get(loc[0], loc[0]), *loc[1:]]) if loc else path
+        raise FieldError(full, err["msg"].removeprefix("Value error, ")) from None
+
+
 class Feature:
     """A part of generation on the extension points. Override the hooks you need.
 
@@ -187,32 +208,14 @@ class Feature:
     def parse(self, value: Any) -> BaseModel | None:
         """Validated settings from what a request carries: A1111's `{"args": [...]}` (positional, in the
         settings' field order), the settings by name, or a settings object. FieldError names the field."""
-        model = self.settings
-        if model is None:
-            return None
-        if isinstance(value, model):
-            return value
+        if self.settings is None or isinstance(value, self.settings):
+            return value if self.settings is not None else None
         prefix = f"alwayson_scripts.{self.name}"
         if isinstance(value, dict) and set(value) == {"args"}:
-            args = value["args"]
-            if not isinstance(args, (list, tuple)):
-                raise FieldError(f"{prefix}.args", "must be a list")
-            names = list(model.model_fields)
-            if len(args) > len(names):
-                raise FieldError(f"{prefix}.args", f"takes at most {len(names)} values ({', '.join(names)})")
-            data, where = dict(zip(names, args)), {n: f"args.{i}" for i, n in enumerate(names)}
-        elif isinstance(value, dict):
-            data, where = value, {}
-        else:
+            return settings_from(self.settings, value["args"], f"{prefix}.args")
+        if not isinstance(value, dict):
             raise FieldError(prefix, 'must be an object: {"args": [...]} or the settings by name')
-        try:
-            return model.model_validate(data)
-        except ValidationError as e:
-            err = e.errors()[0]
-            loc = [str(p) for p in err.get("loc", ())]
-            head = where.get(loc[0], loc[0]) if loc else ""
-            path = ".".join([prefix, head, *loc[1:]]) if head else prefix
-            raise FieldError(path, err["msg"].removeprefix("Value error, ")) from None
+        return settings_from(self.settings, value, prefix)
 
     def active(self, run: Run) -> bool:
         """Whether the feature takes part in this job: by default when the request carries its settings
@@ -279,27 +282,9 @@ class Script:
 
     def parse(self, value: Any) -> BaseModel | None:
         """Settings from `script_args`: A1111's positional list, or the settings by name."""
-        model = self.settings
-        if model is None:
-            return None
-        if isinstance(value, model):
-            return value
-        names = list(model.model_fields)
-        if isinstance(value, (list, tuple)):
-            if len(value) > len(names):
-                raise FieldError("script_args", f"{self.name} takes at most {len(names)} values ({', '.join(names)})")
-            data, where = dict(zip(names, value)), {n: str(i) for i, n in enumerate(names)}
-        elif isinstance(value, dict):
-            data, where = value, {}
-        else:
-            raise FieldError("script_args", "must be a list or an object")
-        try:
-            return model.model_validate(data)
-        except ValidationError as e:
-            err = e.errors()[0]
-            loc = [str(p) for p in err.get("loc", ())]
-            path = ".".join(["script_args", where.get(loc[0], loc[0]), *loc[1:]]) if loc else "script_args"
-            raise FieldError(path, err["msg"].removeprefix("Value error, ")) from None
+        if self.settings is None or isinstance(value, self.settings):
+            return value if self.settings is not None else None
+        return settings_from(self.settings, value, "script_args")
 
     def run(self, context: ScriptContext, request: GenerationParams, settings: BaseModel | None) -> GenerationResult:
         raise TypeError(f"script {self.name!r} does not define run()")
@@ -317,22 +302,19 @@ class FeatureRegistry:
 
     # -- registering ------------------------------------------------------------------------------------
     def add(self, feature: Feature, source: str = "easel") -> Feature:
-        if not isinstance(feature, Feature) or not feature.name:
-            raise ValueError(f"{feature!r} is not a Feature with a name")
-        if self.find(feature.name) is not None or self.find_script(feature.name) is not None:
-            raise ValueError(f"a feature or script named {feature.name!r} is already registered")
-        self._features.append(feature)
-        self._source[id(feature)] = source
-        return feature
+        return self._add(feature, Feature, self._features, source)
 
     def add_script(self, script: Script, source: str = "easel") -> Script:
-        if not isinstance(script, Script) or not script.name:
-            raise ValueError(f"{script!r} is not a Script with a name")
-        if self.find(script.name) is not None or self.find_script(script.name) is not None:
-            raise ValueError(f"a feature or script named {script.name!r} is already registered")
-        self._scripts.append(script)
-        self._source[id(script)] = source
-        return script
+        return self._add(script, Script, self._scripts, source)
+
+    def _add(self, item, kind: type, into: list, source: str):
+        if not isinstance(item, kind) or not item.name:
+            raise ValueError(f"{item!r} is not a {kind.__name__} with a name")
+        if self.find(item.name) is not None or self.find_script(item.name) is not None:
+            raise ValueError(f"a feature or script named {item.name!r} is already registered")
+        into.append(item)
+        self._source[id(item)] = source
+        return item
 
     def remove_source(self, source: str) -> None:
         """Forget everything one extension registered (when it fails half-way through registering)."""

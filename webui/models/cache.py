@@ -156,10 +156,13 @@ class ModelCache:
                 found[0].pins += 1
 
     def unpin(self, kind: str, key: str) -> None:
+        """Let go of an entry; budgets it held over are applied now."""
         with self.lock:
             found = self.find(kind, key)
             if found is not None and found[0].pins > 0:
                 found[0].pins -= 1
+                if not found[0].pins:
+                    self._make_room(0, kind)
 
     # -- eviction --------------------------------------------------------------------------------------
     def doomed_by(self, size: int, kind: str) -> Entry | None:

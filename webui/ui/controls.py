@@ -70,7 +70,8 @@ def widget(model: type[BaseModel], name: str, elem_id: str, *, value: Any = _DEF
         high = min(high, maximum) if maximum is not None else high
         step = param.step or (1 if kind is int else 0.01)
         start = low if low is not None else 0
-        return gr.Slider(start, high, value=start if default is None else default, step=step, **common)
+        value = start if default is None else min(default, high)  # a server limit below the default wins
+        return gr.Slider(start, high, value=value, step=step, **common)
     if ui == "number":
         return gr.Number(value=default, precision=0 if kind is int else None, **common)
     if ui == "dropdown":
@@ -256,7 +257,7 @@ class JobRunner:
     easel: Easel
     admission: Admission
     gate: Gate | None = None
-    jobs: dict[str, Job] = field(default_factory=dict)
+    jobs: dict[tuple[str, str], Job] = field(default_factory=dict)  # (owner, kind) -> the page's running job
 
     def run(self, kind: str, build: Callable[[], Any], request: gr.Request, slots: ResultSlots) -> Iterator[list]:
         caller = ui_caller(request, self.gate)
@@ -268,19 +269,23 @@ class JobRunner:
         except ValueError as e:  # FieldError from admission, or a tab's own check
             yield slots.only_progress(error_html(str(e)))
             return
-        self.jobs[caller.owner] = job
+        key = (caller.owner, kind)
+        self.jobs[key] = job
         try:
             while not job.wait(POLL_SECONDS):
                 yield slots.only_progress(progress_html(job, self.easel.queue.position(job)))
         finally:
-            if self.jobs.get(caller.owner) is job:
-                del self.jobs[caller.owner]
+            if self.jobs.get(key) is job:
+                del self.jobs[key]
         if job.state is JobState.FAILED:
             yield slots.only_progress(error_html(job.error or "the job failed"))
             return
         yield slots.finish(job)
 
-    def interrupt(self, request: gr.Request) -> None:
-        job = self.jobs.get(ui_caller(request, self.gate).owner)
-        if job is not None:
-            self.easel.queue.interrupt(job.id)
+    def interrupter(self, kind: str) -> Callable[[gr.Request], None]:
+        """The Interrupt button of a tab: stops this page's running job of that tab's kind."""
+        def interrupt(request: gr.Request) -> None:
+            job = self.jobs.get((ui_caller(request, self.gate).owner, kind))
+            if job is not None:
+                self.easel.queue.interrupt(job.id)
+        return interrupt

@@ -85,7 +85,8 @@ class Img2ImgTab:
         inputs = c.inputs | {self.mode, self.init_image, self.sketch, self.inpaint, self.upload_image, self.upload_mask}
         generate.click(self.generate, inputs=inputs, outputs=self.results.slots.outputs, concurrency_limit=None,
                        api_name="img2img")
-        interrupt.click(self.runner.interrupt, inputs=None, outputs=None, concurrency_limit=None, api_name=False)
+        interrupt.click(self.runner.interrupter("img2img"), inputs=None, outputs=None, concurrency_limit=None,
+                        api_name=False)
         wire_seed_buttons(c, self.results)
         wire_paste_button(c)
         for image in (self.init_image, self.upload_image):  # a new picture sets the size, as A1111 does

@@ -29,7 +29,8 @@ class Txt2ImgTab:
                 self.results.build()
         generate.click(self.generate, inputs=c.inputs, outputs=self.results.slots.outputs, concurrency_limit=None,
                        api_name="txt2img")
-        interrupt.click(self.runner.interrupt, inputs=None, outputs=None, concurrency_limit=None, api_name=False)
+        interrupt.click(self.runner.interrupter("txt2img"), inputs=None, outputs=None, concurrency_limit=None,
+                        api_name=False)
         wire_seed_buttons(c, self.results)
         wire_paste_button(c)
 

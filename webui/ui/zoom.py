@@ -68,7 +68,8 @@ class ZoomTab:
         inputs = c.inputs | {self.prompts, self.init_image}
         generate.click(self.generate, inputs=inputs, outputs=self.slots.outputs, concurrency_limit=None,
                        api_name="zoom")
-        interrupt.click(self.runner.interrupt, inputs=None, outputs=None, concurrency_limit=None, api_name=False)
+        interrupt.click(self.runner.interrupter("zoom"), inputs=None, outputs=None, concurrency_limit=None,
+                        api_name=False)
 
     def settings(self) -> None:
         c, limits = self.controls, self.controls.admission.limits

@@ -1,0 +1,2 @@
+"""A test extension that cannot even be imported."""
+raise RuntimeError("this extension is broken on purpose")
