@@ -191,8 +191,10 @@ def test_model_sampler_and_scheduler_listings(easel, client, model_root):
     assert client.get("/sdapi/v1/sd-vae").json() == []  # empty folders
     assert client.get("/sdapi/v1/loras").json() == []
     assert client.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
-    for path in ("prompt-styles", "hypernetworks", "upscalers", "face-restorers", "extensions"):
+    for path in ("prompt-styles", "hypernetworks", "face-restorers", "extensions"):  # none here
         assert client.get(f"/sdapi/v1/{path}").json() == []
+    assert [u["name"] for u in client.get("/sdapi/v1/upscalers").json()] == ["None", "Lanczos", "Nearest"]
+    assert client.get("/sdapi/v1/latent-upscale-modes").json()[0] == {"name": "Latent"}
 
 
 def test_vae_lora_and_embedding_listings_reflect_the_folders(easel, client):

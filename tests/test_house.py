@@ -15,6 +15,7 @@ LAYERS = [
     ("webui", "webui.prompts", "webui.images"),
     ("webui.models",),
     ("webui.generation",),
+    ("webui.features",),
     ("webui.jobs",),
     ("webui.settings", "webui.options"),
     ("webui.services",),

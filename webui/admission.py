@@ -223,9 +223,14 @@ class Admission:
         if limits.max_steps is not None and request.steps > limits.max_steps:
             raise FieldError("steps", f"at most {limits.max_steps} on this server (got {request.steps})")
         images = request.total_images
+        script = self.easel.features.find_script(request.script_name) if request.script_name else None
+        if script is not None:  # an X/Y/Z plot makes one image per cell
+            images = script.images(request, request.script_args)
         if limits.max_batch is not None and images > limits.max_batch:
-            raise FieldError("n_iter", f"batch_size × n_iter is at most {limits.max_batch} images on this server "
-                                       f"(got {request.batch_size} × {request.n_iter})")
+            what = f"{script.title or script.name} makes {images}" if script is not None else \
+                f"got {request.batch_size} × {request.n_iter}"
+            raise FieldError("script_args" if script is not None else "n_iter",
+                             f"batch_size × n_iter is at most {limits.max_batch} images on this server ({what})")
         width, height = self.run_size(request, info)
         if limits.max_pixels is not None and width * height > limits.max_pixels:
             given = request.width and request.height and not isinstance(request, Img2ImgRequest)

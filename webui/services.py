@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from webui.features import StyleLibrary, register_features
 from webui.generation.builtins import register_builtins
 from webui.generation.engine import Engine, GenerationResult
 from webui.generation.extension_points import FeatureRegistry
@@ -31,12 +32,13 @@ from webui.models.lora import LoraLibrary
 from webui.models.manager import ModelManager, TierBudget
 from webui.models.speed import prepare as prepare_for_speed
 from webui.models.speed import xformers_problem
-from webui.models.vae import VaeLibrary, apply_vae
+from webui.models.vae import AUTOMATIC, NONE, VaeLibrary, apply_vae
 from webui.options import OptionRegistry
 from webui.settings import Settings
 
 log = logging.getLogger(__name__)
 
+VAE_CHOICES = (AUTOMATIC, NONE)
 # job kind -> the outputs folder its images are saved in
 OUTPUT_FOLDERS = {"txt2img": "txt2img-images", "img2img": "img2img-images", "outpaint": "outpaint-images"}
 JOB_KINDS = (*OUTPUT_FOLDERS, "zoom", "load")
@@ -51,31 +53,37 @@ class SavedResult:
 
 
 class ModelLease:
-    """The checkpoints one job uses, pinned in the cache until it lets go: between its units of work
-    when it gives others a turn, and when it ends. Called as the engine's `models` source."""
+    """The checkpoint a job is using, pinned in the cache until the job lets go: when it gives others a
+    turn, when it switches to another checkpoint (a hires pass, a script's cell; the previous one may
+    then leave the device), and when it ends. Called as the engine's `models` source."""
 
     def __init__(self, easel: "Easel", job: Job):
         self.easel = easel
         self.job = job
-        self.held: list[LoadedModel] = []
+        self.held: LoadedModel | None = None
 
     def __call__(self, name: str | None, vae: str | None) -> LoadedModel:
-        self.job.set_stage(f"loading {name or 'default checkpoint'}")
-        model = self.easel.load_model(name, vae)
-        self.easel.manager.pin(model)
-        self.held.append(model)
+        if self.held is not None and self.held.info.path != self.easel.manager.resolve(name).path:
+            self.release()
+        if self.held is None:
+            self.job.set_stage(f"loading {name or 'default checkpoint'}")
+        model = self.easel.load_model(name, vae)  # already on the device: no work
+        if self.held is not model:
+            self.release()
+            self.easel.manager.pin(model)
+            self.held = model
         self.job.latent_family = model.family.name  # for the job's live previews
         return model
 
     def release(self) -> None:
-        for model in self.held:
-            self.easel.manager.unpin(model)
-        self.held.clear()
+        if self.held is not None:
+            self.easel.manager.unpin(self.held)
+            self.held = None
 
 
 class Easel:
     def __init__(self, settings: Settings, manager: ModelManager, queue: JobQueue, engine: Engine,
-                 store: ImageStore, options: OptionRegistry | None = None):
+                 store: ImageStore, options: OptionRegistry | None = None, styles: StyleLibrary | None = None):
         self.settings = settings
         self.manager = manager
         self.queue = queue
@@ -83,6 +91,7 @@ class Easel:
         self.store = store
         self.features: FeatureRegistry = engine.features
         self.options = options or OptionRegistry()
+        self.styles = styles or StyleLibrary(settings.styles_files, settings.data_dir / "styles.csv")
         self.vaes = VaeLibrary(settings.models_dir / "VAE", manager.catalog.hashes)
         self.previews = Previewer(settings.models_dir / "VAE-approx")
         self.speed = settings.speed
@@ -107,10 +116,17 @@ class Easel:
         )
         embeddings = EmbeddingLibrary(settings.models_dir / "embeddings", hashes)
         embeddings.refresh()
-        features = register_builtins(FeatureRegistry())
+        vaes = VaeLibrary(settings.models_dir / "VAE", hashes)
+        styles = StyleLibrary(settings.styles_files, settings.data_dir / "styles.csv")
+        features = register_features(
+            register_builtins(FeatureRegistry()), styles=styles, wildcards=settings.wildcards_dir,
+            checkpoint_exists=lambda name: _exists(catalog.find, name),
+            checkpoint_titles=lambda: [c.title for c in catalog.items()],
+            vae_exists=lambda name: any(name in (f.name, f.path.stem) for f in vaes.files()) or name in VAE_CHOICES,
+        )
         engine = Engine(embeddings, LoraLibrary(settings.models_dir / "Lora", hashes), features, settings.nan_check)
         store = ImageStore(settings.outputs_dir, hooks=features)
-        return cls(settings, manager, JobQueue(), engine, store)
+        return cls(settings, manager, JobQueue(), engine, store, styles=styles)
 
     def close(self) -> None:
         self.queue.shutdown()
@@ -118,10 +134,11 @@ class Easel:
 
     # -- models ----------------------------------------------------------------------------------
     def refresh(self) -> None:
-        """Rescan checkpoints and embeddings (the refresh button, the API's refresh-checkpoints)."""
+        """Rescan checkpoints, embeddings and styles (the refresh button, the API's refresh-checkpoints)."""
         self.manager.refresh()
         if self.engine.embeddings is not None:
             self.engine.embeddings.refresh()
+        self.styles.refresh()
 
     def load_model(self, name: str | None, vae: str | None = None) -> LoadedModel:
         """The checkpoint on the device with the chosen VAE (see webui.models.vae) in place."""
@@ -177,11 +194,14 @@ class Easel:
                                      checkpoint=self.checkpoint_key(checkpoint)))
 
     def _save(self, job: Job, result: GenerationResult, folder: str | None) -> SavedResult:
+        """The images under `folder` (grids, from a script, under `<kind>-grids`, as A1111 does)."""
         paths = []
         if folder is not None and result.images:
             job.set_stage("saving")
-            paths = [self.store.save(img, info, folder, seed, owner=job.owner)
-                     for img, info, seed in zip(result.images, result.infotexts, result.seeds)]
+            grids = result.grids or [False] * len(result.images)
+            grid_folder = folder.replace("-images", "-grids")
+            paths = [self.store.save(img, info, grid_folder if grid else folder, seed, owner=job.owner)
+                     for img, info, seed, grid in zip(result.images, result.infotexts, result.seeds, grids)]
         return SavedResult(result, paths)
 
     def _generation(self, request: GenerationParams, folder: str | None) -> Callable[[Job, ModelLease], Any]:
@@ -210,3 +230,11 @@ class Easel:
             job.set_stage("writing the video")
             return save_zoom(result, self.store, job.owner)
         return work
+
+
+def _exists(find: Callable[[str], Any], name: str) -> bool:
+    try:
+        find(name)
+        return True
+    except ModelError:
+        return False

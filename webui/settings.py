@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     paths.add_argument("--ckpt-dir", type=Path, default=None,
                        help="another folder to search for checkpoints, besides models/Stable-diffusion")
     paths.add_argument("--ckpt", type=str, default=None, help="checkpoint to select at start (title, name or hash)")
+    paths.add_argument("--styles-file", action="append", default=[], metavar="PATH",
+                       help="styles CSV file(s) in A1111's format, globs allowed (repeatable; default: "
+                            "DATA_DIR/styles.csv and DATA_DIR/styles*.csv)")
     dev = p.add_argument_group("device and speed")
     dev.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                      help="where models run (default auto: cuda, then mps, then cpu)")
@@ -227,6 +230,7 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     disable_extensions: bool = False
     disabled_extensions: tuple[str, ...] = ()
+    styles_file: tuple[str, ...] = ()
     api: bool = False
     nowebui: bool = False
     ui_credentials: dict[str, str] = field(default_factory=dict, repr=False)
@@ -264,6 +268,18 @@ class Settings:
     @property
     def config_file(self) -> Path:
         return self.data_dir / "config.json"
+
+    @property
+    def styles_files(self) -> list[str]:
+        """Where styles are read from: --styles-file, else styles.csv and styles*.csv in the data dir."""
+        if self.styles_file:
+            return list(self.styles_file)
+        return [str(self.data_dir / "styles.csv"), str(self.data_dir / "styles*.csv")]
+
+    @property
+    def wildcards_dir(self) -> Path:
+        """Dynamic-prompt wildcards (`__name__` = wildcards/name.txt), beside models/."""
+        return self.data_dir / "wildcards"
 
     @property
     def outputs_dir(self) -> Path:
@@ -335,6 +351,7 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         limits=Limits.from_args(args),
         disable_extensions=args.disable_extensions,
         disabled_extensions=tuple(args.disable_extension),
+        styles_file=tuple(args.styles_file),
         api=args.api or args.nowebui,
         nowebui=args.nowebui,
         ui_credentials=ui_credentials,

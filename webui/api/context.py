@@ -62,8 +62,9 @@ class ApiContext:
     # -- jobs --------------------------------------------------------------------------------------
     def submit(self, kind: str, body: ApiGenerationRequest, caller: Caller) -> Submission:
         """Decode the body into its job request and admit it for the caller (FieldError → 422)."""
-        admitted = self.admission.submit(kind, body.core(), caller, save=body.save_images)
-        return Submission(admitted.job, body, admitted.checkpoint, body.ignored_fields() + admitted.ignored)
+        features = self.easel.features
+        admitted = self.admission.submit(kind, body.core(features), caller, save=body.save_images)
+        return Submission(admitted.job, body, admitted.checkpoint, body.ignored_fields(features) + admitted.ignored)
 
     def visible_job(self, job_id: str, caller: Caller) -> Job:
         """A job the caller may see (their own; any for an admin). Others' are reported as missing."""

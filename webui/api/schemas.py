@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from webui.generation.extension_points import FeatureRegistry
 from webui.generation.requests import GenerationParams, Img2ImgRequest, Txt2ImgRequest
 from webui.jobs.queue import JobState
 
@@ -99,10 +100,15 @@ class A1111Fields(JsonSafe):
     # extra A1111 fields whose only value Easel acts on is this one (given it, they are no request)
     _APPLIED_EXTRAS: ClassVar[dict[str, Any]] = {}
 
-    def ignored_fields(self) -> list[str]:
-        """Extra A1111 fields given a value Easel does not act on (false/empty/-1/0 are no request)."""
+    def ignored_fields(self, features: FeatureRegistry | None = None) -> list[str]:
+        """Extra A1111 fields given a value Easel does not act on (false/empty/-1/0 are no request); the
+        ones a feature takes at the top level are acted on."""
+        taken = {k for f in (features.with_settings() if features else []) if f.top_level
+                 for k in f.settings.model_fields}
         ignored = []
         for k, v in (self.model_extra or {}).items():
+            if k in taken:
+                continue
             if k in self._APPLIED_EXTRAS:
                 if v is not None and v != self._APPLIED_EXTRAS[k]:
                     ignored.append(k)
@@ -121,8 +127,17 @@ class ApiGenerationRequest(GenerationParams, A1111Fields):
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
     @abstractmethod
-    def core(self) -> GenerationParams:
-        """The plain job request (validated again by its own type)."""
+    def core(self, features: FeatureRegistry | None = None) -> GenerationParams:
+        """The plain job request (validated again by its own type); with the feature registry, the A1111
+        fields some features take at the top level (`enable_hr`, `styles`, …) go to their settings."""
+
+    def feature_fields(self, features: FeatureRegistry | None, tab: str) -> dict[str, Any]:
+        """`alwayson_scripts` with the top-level settings added (what the body names explicitly wins)."""
+        scripts = dict(self.alwayson_scripts or {})
+        if features is not None:
+            for name, given in features.top_level_settings(dict(self.model_extra or {}), tab).items():
+                scripts.setdefault(name, given)
+        return scripts
 
 
 class ApiTxt2ImgRequest(Txt2ImgRequest, ApiGenerationRequest):
@@ -130,9 +145,10 @@ class ApiTxt2ImgRequest(Txt2ImgRequest, ApiGenerationRequest):
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
-    def core(self) -> Txt2ImgRequest:
+    def core(self, features: FeatureRegistry | None = None) -> Txt2ImgRequest:
         """The plain job request the engine runs (validated again)."""
         fields = {name: getattr(self, name) for name in Txt2ImgRequest.model_fields if name in self.model_fields_set}
+        fields["alwayson_scripts"] = self.feature_fields(features, "txt2img")
         try:
             return Txt2ImgRequest.model_validate(fields)
         except ValidationError as e:
@@ -171,9 +187,9 @@ class ApiImg2ImgRequest(Img2ImgParams, ApiGenerationRequest):  # type: ignore[mi
     # A1111's fields whose value Easel always applies: only another value is "ignored"
     _APPLIED_EXTRAS: ClassVar[dict[str, Any]] = {"mask_round": True, "initial_noise_multiplier": 1.0}
 
-    def ignored_fields(self) -> list[str]:
+    def ignored_fields(self, features: FeatureRegistry | None = None) -> list[str]:
         extra = ["init_images[1:]"] if len(self.init_images) > 1 else []
-        return sorted(super().ignored_fields() + extra)
+        return sorted(super().ignored_fields(features) + extra)
 
     def echo(self) -> dict[str, Any]:
         if self.include_init_images:
@@ -187,12 +203,13 @@ class ApiImg2ImgRequest(Img2ImgParams, ApiGenerationRequest):  # type: ignore[mi
         mask = _load(self.mask, "mask") if self.mask and self.mask.strip() else None
         return init, mask
 
-    def core(self) -> Img2ImgRequest:
+    def core(self, features: FeatureRegistry | None = None) -> Img2ImgRequest:
         """The plain job request the engine runs, images decoded (validated again: an empty mask is
         refused here, before the job is queued)."""
         init, mask = self.images()
         fields = {name: getattr(self, name) for name in Img2ImgRequest.model_fields
                   if name not in _PIL_FIELDS and name in self.model_fields_set}
+        fields["alwayson_scripts"] = self.feature_fields(features, "img2img")
         try:
             return Img2ImgRequest.model_validate(fields | {"init_image": init, "mask": mask})
         except ValidationError as e:
@@ -254,6 +271,20 @@ class ExtensionItem(BaseModel):
     state: str = Field(description="enabled, disabled (switched off) or failed (could not be loaded)")
     reason: str = ""
     features: list[str] = Field(default_factory=list, description="the features and scripts it registered")
+
+
+class StyleItem(BaseModel):
+    name: str
+    prompt: str
+    negative_prompt: str
+
+
+class UpscalerItem(BaseModel):
+    name: str
+    model_name: str | None = None
+    model_path: str | None = None
+    model_url: str | None = None
+    scale: float | None = None
 
 
 class ScriptList(BaseModel):

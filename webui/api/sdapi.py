@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pydantic import Field, create_model
 
+from webui.features.hires import LATENT_MODES, PIXEL_UPSCALERS
 from webui.generation.fields import bounds
 from webui.generation.samplers import SAMPLERS, SCHEDULE_TYPES
 from webui.options import with_limits
@@ -50,6 +51,8 @@ from .schemas import (
     SchedulerItem,
     SDModelItem,
     SkippedEmbedding,
+    StyleItem,
+    UpscalerItem,
     VaeItem,
 )
 
@@ -195,7 +198,22 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
         return [ExtensionItem(name=e.name, enabled=e.enabled, state=e.state, reason=e.reason, features=e.features)
                 for e in ctx.extensions.items]
 
-    for path in ("/prompt-styles", "/hypernetworks", "/upscalers", "/face-restorers"):
+    @router.get("/prompt-styles", response_model=list[StyleItem])
+    def prompt_styles(caller: CallerDep) -> list[StyleItem]:
+        """The styles (styles.csv), what `styles` takes."""
+        return [StyleItem(name=s.name, prompt=s.prompt, negative_prompt=s.negative_prompt) for s in easel.styles.all()]
+
+    @router.get("/latent-upscale-modes", response_model=list[dict[str, str]])
+    def latent_upscale_modes(caller: CallerDep) -> list[dict[str, str]]:
+        """The hires fix's latent upscalers (`hr_upscaler`)."""
+        return [{"name": name} for name in LATENT_MODES]
+
+    @router.get("/upscalers", response_model=list[UpscalerItem])
+    def upscalers(caller: CallerDep) -> list[UpscalerItem]:
+        """The pixel upscalers `hr_upscaler` takes besides the latent modes."""
+        return [UpscalerItem(name=name) for name in PIXEL_UPSCALERS]
+
+    for path in ("/hypernetworks", "/face-restorers"):
         router.add_api_route(path, _empty_list, methods=["GET"], response_model=list[dict[str, Any]],
                              dependencies=[Depends(caller_dependency(ctx))],
                              summary=f"{path[1:]}: none in Easel yet")

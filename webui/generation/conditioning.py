@@ -233,9 +233,9 @@ class ScheduledConditioning:
     `negative=True` marks the negative side: with SDXL an all-empty negative prompt gives zeros."""
 
     def __init__(self, encoder: PromptEncoder | DualPromptEncoder, prompts: list[str], steps: int,
-                 negative: bool = False):
+                 negative: bool = False, hires_steps: int | None = None):
         self.encoder = encoder
-        self.schedules = get_learned_conditioning_prompt_schedules(prompts, steps)
+        self.schedules = get_learned_conditioning_prompt_schedules(prompts, steps, hires_steps)
         self.is_static = all(len(s) == 1 for s in self.schedules)
         self.negative = negative
         self._by_step: dict[tuple[str, ...], torch.Tensor] = {}

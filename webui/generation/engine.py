@@ -144,12 +144,9 @@ class Engine:
         script = self.features.find_script(req.script_name)
         plain = req.model_copy(update={"script_name": None, "script_args": []})
 
-        def generate(request: GenerationParams) -> GenerationResult:
-            wanted = request.checkpoint
-            use = model
-            if models is not None and wanted and wanted not in (model.info.name, model.info.title):
-                use = models(wanted, request.vae)
-            return self.generate(use, request, progress, models)
+        def generate(request: GenerationParams, sink: ProgressSink) -> GenerationResult:
+            use = models(request.checkpoint, request.vae) if models is not None else model
+            return self.generate(use, request, sink, models)
 
         started = time.perf_counter()
         result = script.run(ScriptContext(generate, progress), plain, req.script_args)
@@ -169,8 +166,10 @@ class Engine:
                   prompts=[req.prompt] * total, negative_prompts=[req.negative_prompt] * total,
                   options=dict(req.override_settings))
         run.sampler = self._sample
-        run.decoder = lambda latents: latents_to_images(run.model, latents, self.nan_check)
-        run.encoder = lambda images: encode_images(run.model, images)
+        run.decoder = lambda latents, model=None: latents_to_images(model or run.model, latents, self.nan_check)
+        run.encoder = lambda images, model=None: encode_images(model or run.model, images)
+        run.conditioner = lambda *args: self._conditioning(run, *args)[:2]
+        run.models = models
         run.features = [f for f in self.features.features if f.active(run)]
         for feature in run.features:
             feature.prepare(run)
@@ -186,11 +185,12 @@ class Engine:
         started = time.perf_counter()
         req, progress = run.request, run.progress
         result = GenerationResult([], [], [], [], req, extra={"inpainting_conditioning": run.model.family.inpainting})
-        encoders: dict[tuple, PromptEncoder | DualPromptEncoder] = {}
         unchanged = isinstance(req, Img2ImgRequest) and req.denoising_strength == 0
         for n in range(req.n_iter):
-            if n > 0 and yield_turn(progress) and models is not None:
-                run.model = models(req.checkpoint, req.vae)  # others ran meanwhile: take it back
+            if n > 0:
+                yield_turn(progress)  # others may run a job here
+                if models is not None:  # ... or a pass used another checkpoint: take ours back (a no-op if here)
+                    run.model = models(req.checkpoint, req.vae)
             if progress.should_stop():
                 result.interrupted = True
                 break
@@ -201,7 +201,8 @@ class Engine:
             if unchanged:  # nothing to denoise: the (resized) input itself
                 images = [run.init.prepared.work_image.copy() for _ in batch.seeds]
             else:
-                loras, encoder = self._conditioning(run, batch, encoders)
+                batch.cond, batch.uncond, loras, encoder = self._conditioning(
+                    run, batch.prompts, batch.negative_prompts, req.steps, None, run.model)
                 latents = self._sample(run, batch, batch.start)
                 for feature in run.features:  # further passes; None from a hook means "no change"
                     if latents is None or progress.should_stop():
@@ -211,9 +212,8 @@ class Engine:
                 if latents is None or progress.should_stop():
                     result.interrupted = True
                     break
-                check_unet_output(latents, self.nan_check)
                 progress.set_stage("decoding")
-                images = run.decode(latents)
+                images = run.decode(latents, batch.model)
             outputs = [Output(im, s, ss, p, np_) for im, s, ss, p, np_ in
                        zip(images, batch.seeds, batch.subseeds, batch.prompts, batch.negative_prompts)]
             for feature in run.features:
@@ -240,33 +240,38 @@ class Engine:
         part = slice(n * size, (n + 1) * size)
         return Batch(n, seeds, subseeds, run.prompts[part], run.negative_prompts[part], noise, list(generators))
 
-    def _conditioning(self, run: Run, batch: Batch, encoders: dict) -> tuple[list[LoraFile], object]:
-        """The batch's LoRAs switched on and its prompts' per-step conditioning (`batch.cond`/`uncond`)."""
-        req = run.request
-        prompts, negatives, uses = [], [], []
-        for text, negative in zip(batch.prompts, batch.negative_prompts):
-            plain, found = extract_lora_tags(text)
-            plain_negative, _ = extract_lora_tags(negative)
-            prompts.append(plain)
-            negatives.append(plain_negative)
+    def _conditioning(self, run: Run, prompts: list[str], negatives: list[str], steps: int,
+                      hires_steps: int | None, model: LoadedModel) -> tuple:
+        """(cond, uncond, LoRA files, encoder) for prompts on `model`: their LoRAs switched on and their
+        per-step conditioning (prompt editing counts through a hires pass when `hires_steps` is given)."""
+        plain, plain_negatives, uses = [], [], []
+        for text, negative in zip(prompts, negatives):
+            stripped, found = extract_lora_tags(text)
+            plain.append(stripped)
+            plain_negatives.append(extract_lora_tags(negative)[0])
             uses.extend(u for u in found if u not in uses)
-        loras = activate_loras(run.model, self.loras, uses) if self.loras is not None else []
-        key = (id(run.model), id(run.model.unet), tuple((u.name, u.weight) for u in uses))
+        loras = activate_loras(model, self.loras, uses) if self.loras is not None else []
+        encoders = run.state.setdefault("encoders", {})
+        key = (id(model), id(model.unet), tuple((u.name, u.weight) for u in uses))
         if key not in encoders:
-            encoders.clear()  # conditioning made with other LoRAs or another model is not reused
-            encoders[key] = self.prompt_encoder(run.model, req.clip_skip)
+            if len(encoders) > 2:  # conditioning made with other LoRAs or another model is not reused
+                encoders.clear()
+            encoders[key] = self.prompt_encoder(model, run.request.clip_skip)
         encoder = encoders[key]
-        batch.cond = ScheduledConditioning(encoder, prompts, req.steps)
-        batch.uncond = ScheduledConditioning(encoder, negatives, req.steps, negative=True)
-        return loras, encoder
+        cond = ScheduledConditioning(encoder, plain, steps, hires_steps=hires_steps)
+        uncond = ScheduledConditioning(encoder, plain_negatives, steps, negative=True, hires_steps=hires_steps)
+        return cond, uncond, loras, encoder
 
     @torch.no_grad()
     def _sample(self, run: Run, batch: Batch, start: InitLatents | None = None, *, steps: int | None = None,
                 sampler_name: str | None = None, scheduler: str | None = None, width: int | None = None,
                 height: int | None = None, pass_name: str = "first", noise: torch.Tensor | None = None,
-                ) -> torch.Tensor | None:
-        """Denoise one batch (one pass); returns the final latents, or None when told to stop."""
-        req, model, progress = run.request, run.model, run.progress
+                cond: ScheduledConditioning | None = None, uncond: ScheduledConditioning | None = None,
+                model: LoadedModel | None = None) -> torch.Tensor | None:
+        """Denoise one batch (one pass); returns the final latents, or None when told to stop. A further
+        pass may change the steps, sampler, size, noise, conditioning and even the model."""
+        req, progress = run.request, run.progress
+        model = model or run.model
         device, dtype = model.device, model.dtype
         steps = steps or req.steps
         width, height = width or req.width, height or req.height
@@ -293,7 +298,7 @@ class Engine:
             latents = noise * sched.init_noise_sigma
         step_kwargs = {"generator": batch.generators} if "generator" in inspect.signature(sched.step).parameters else {}
         guided = req.cfg_scale != 1.0
-        cond, uncond = batch.cond, batch.uncond
+        cond, uncond = cond or batch.cond, uncond or batch.uncond
         length = max(cond.max_length(steps), uncond.max_length(steps)) if guided else None
         n_steps = max(1, len(timesteps) // getattr(sched, "order", 1))
         time_ids = sdxl_time_ids(model, width, height, len(batch.seeds) * (2 if guided else 1))
@@ -327,6 +332,7 @@ class Engine:
                     latents = changed
             progress.on_step(done + (i + 1) * n_steps // len(timesteps), total, latents)
         run.state["steps_done"] = done + n_steps
+        check_unet_output(latents, self.nan_check)  # before any further pass or upscale reads them
         return latents
 
     # -- infotext ---------------------------------------------------------------------------------

@@ -67,8 +67,11 @@ class Run:
     state: dict[str, Any] = field(default_factory=dict)  # per-feature scratch space, keyed by feature name
     init: Any = None  # img2img: what the init image became (webui.generation.engine.Img2ImgInit)
     sampler: Callable[..., torch.Tensor | None] | None = field(default=None, repr=False)
-    decoder: Callable[[torch.Tensor], list[Image.Image]] | None = field(default=None, repr=False)
-    encoder: Callable[[list[Image.Image]], torch.Tensor] | None = field(default=None, repr=False)
+    decoder: Callable[..., list[Image.Image]] | None = field(default=None, repr=False)
+    encoder: Callable[..., torch.Tensor] | None = field(default=None, repr=False)
+    conditioner: Callable[..., tuple] | None = field(default=None, repr=False)
+    # (checkpoint, vae) -> a loaded model, held for this job; None where the engine runs without a job
+    models: Callable[[str | None, str | None], LoadedModel] | None = field(default=None, repr=False)
 
     def settings_of(self, feature: Feature | str) -> Any:
         return self.settings.get(feature if isinstance(feature, str) else feature.name)
@@ -80,13 +83,21 @@ class Run:
         assert self.sampler is not None
         return self.sampler(self, batch, start, **changes)
 
-    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+    def decode(self, latents: torch.Tensor, model: LoadedModel | None = None) -> list[Image.Image]:
+        """Pictures from latents, with `model`'s VAE (default: the job's model); NaN-checked."""
         assert self.decoder is not None
-        return self.decoder(latents)
+        return self.decoder(latents, model)
 
-    def encode(self, images: list[Image.Image]) -> torch.Tensor:
+    def encode(self, images: list[Image.Image], model: LoadedModel | None = None) -> torch.Tensor:
         assert self.encoder is not None
-        return self.encoder(images)
+        return self.encoder(images, model)
+
+    def conditioning(self, prompts: list[str], negative_prompts: list[str], steps: int,
+                     hires_steps: int | None = None, model: LoadedModel | None = None) -> tuple:
+        """(cond, uncond) for other prompts, steps or model (a further pass), LoRA tags honoured; with
+        `hires_steps`, prompt editing counts through the first pass into this one (A1111's rule)."""
+        assert self.conditioner is not None
+        return self.conditioner(prompts, negative_prompts, steps, hires_steps, model or self.model)
 
 
 @dataclass
@@ -103,6 +114,7 @@ class Batch:
     cond: ScheduledConditioning | None = None
     uncond: ScheduledConditioning | None = None
     start: InitLatents | None = None  # img2img: where sampling starts
+    model: LoadedModel | None = None  # the model a further pass left the latents in (decoded with its VAE)
 
 
 @dataclass
@@ -184,7 +196,7 @@ def settings_from(model: type[BaseModel], value: Any, path: str) -> BaseModel:
     except ValidationError as e:
         err = e.errors()[0]
         loc = [str(p) for p in err.get("loc", ())]
-        full = ".".join([path, where.get(loc[0], loc[0]), *loc[1:]]) if loc else path
+        full = ".".join(p for p in [path, where.get(loc[0], loc[0]), *loc[1:]] if p) if loc else path
         raise FieldError(full, err["msg"].removeprefix("Value error, ")) from None
 
 
@@ -203,6 +215,9 @@ class Feature:
     settings: ClassVar[type[BaseModel] | None] = None
     builtin: ClassVar[bool] = False
     tabs: ClassVar[tuple[str, ...]] = ("txt2img", "img2img")
+    # A1111 sends some features' settings at the top level of a txt2img/img2img body (`enable_hr`,
+    # `hr_scale`, `styles`, …): True takes them from there too (into `alwayson_scripts[name]`)
+    top_level: ClassVar[bool] = False
 
     # -- settings -------------------------------------------------------------------------------------
     def parse(self, value: Any) -> BaseModel | None:
@@ -210,11 +225,13 @@ class Feature:
         settings' field order), the settings by name, or a settings object. FieldError names the field."""
         if self.settings is None or isinstance(value, self.settings):
             return value if self.settings is not None else None
-        prefix = f"alwayson_scripts.{self.name}"
+        # settings A1111 takes at the top level are named there (`hr_upscaler`), the others under alwayson_scripts
+        prefix = "" if self.top_level else f"alwayson_scripts.{self.name}"
         if isinstance(value, dict) and set(value) == {"args"}:
-            return settings_from(self.settings, value["args"], f"{prefix}.args")
+            return settings_from(self.settings, value["args"], f"alwayson_scripts.{self.name}.args")
         if not isinstance(value, dict):
-            raise FieldError(prefix, 'must be an object: {"args": [...]} or the settings by name')
+            raise FieldError(f"alwayson_scripts.{self.name}", 'must be an object: {"args": [...]} or the settings '
+                                                              "by name")
         return settings_from(self.settings, value, prefix)
 
     def active(self, run: Run) -> bool:
@@ -222,6 +239,17 @@ class Feature:
         and they do not say `enabled: false`."""
         settings = run.settings_of(self)
         return settings is not None and getattr(settings, "enabled", True)
+
+    def choices(self, field: str, tab: str) -> list[str] | None:
+        """The choices a settings field offers in a tab's dropdown when they are known only at run time
+        (checkpoints); None = its Param's own."""
+        return None
+
+    def from_infotext(self, parsed: dict[str, Any]) -> dict[str, Any] | None:
+        """Its settings from a parsed infotext (paste, "send to"), or None when the infotext has none."""
+        if self.settings is None or not infotext_keys(self.settings) & parsed.keys():
+            return None
+        return values_from_infotext(parsed, self.settings)
 
     def infotext(self, run: Run) -> dict[str, Any]:
         """The infotext fields this feature adds to every image: its described settings."""
@@ -262,14 +290,17 @@ class Feature:
 
 
 class ScriptContext:
-    """What a script may use: generations run through the normal pipeline (every feature applies)."""
+    """What a script may use: generations run through the normal pipeline (every feature applies; a
+    request naming another checkpoint gets it from the model manager)."""
 
-    def __init__(self, generate: Callable[[GenerationParams], GenerationResult], progress: ProgressSink):
+    def __init__(self, generate: Callable[[GenerationParams, ProgressSink], GenerationResult], progress: ProgressSink):
         self._generate = generate
         self.progress = progress
 
-    def generate(self, request: GenerationParams) -> GenerationResult:
-        return self._generate(request)
+    def generate(self, request: GenerationParams, progress: ProgressSink | None = None) -> GenerationResult:
+        """One generation; `progress` (default: the job's) receives its steps (webui.generation.progress.
+        PartProgress reports them as a part of the whole job)."""
+        return self._generate(request, progress or self.progress)
 
 
 class Script:
@@ -285,6 +316,18 @@ class Script:
         if self.settings is None or isinstance(value, self.settings):
             return value if self.settings is not None else None
         return settings_from(self.settings, value, "script_args")
+
+    def choices(self, field: str, tab: str) -> list[str] | None:
+        """A settings field's dropdown choices in a tab, when they depend on it; None = its Param's own."""
+        return None
+
+    def check(self, request: GenerationParams, settings: BaseModel | None) -> None:
+        """Refuse, at admission and naming the field, what would fail once running (a FieldError)."""
+        return None
+
+    def images(self, request: GenerationParams, settings: BaseModel | None) -> int:
+        """How many images of the request's size and steps the script makes (for the server's limits)."""
+        return request.total_images
 
     def run(self, context: ScriptContext, request: GenerationParams, settings: BaseModel | None) -> GenerationResult:
         raise TypeError(f"script {self.name!r} does not define run()")
@@ -364,14 +407,29 @@ class FeatureRegistry:
                 raise FieldError("script_name", f"no script {request.script_name!r}; available: {known}")
             changes["script_name"] = script.name
             changes["script_args"] = script.parse(request.script_args)
-        return request.model_copy(update=changes)
+        validated = request.model_copy(update=changes)
+        if request.script_name:
+            script.check(validated, changes["script_args"])
+        return validated
 
     def settings_from_infotext(self, parsed: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        """{feature name: settings values} for the features whose infotext keys a parsed infotext has."""
+        """{feature name: settings values} for the features whose settings a parsed infotext holds."""
         out = {}
         for feature in self.with_settings():
-            if infotext_keys(feature.settings) & parsed.keys():
-                out[feature.name] = values_from_infotext(parsed, feature.settings)
+            values = feature.from_infotext(parsed)
+            if values is not None:
+                out[feature.name] = values
+        return out
+
+    def top_level_settings(self, fields: dict[str, Any], tab: str) -> dict[str, dict[str, Any]]:
+        """{feature name: settings} taken from the top level of an A1111 request body (`enable_hr`, `styles`)
+        for the features that take them there; a feature with none of its fields given is left out."""
+        out = {}
+        for feature in self.with_settings():
+            if feature.top_level and tab in feature.tabs:
+                given = {k: fields[k] for k in feature.settings.model_fields if k in fields}
+                if given:
+                    out[feature.name] = given
         return out
 
     # -- the store's hooks --------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 who is listening (the job queue, a test, a script)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -41,3 +42,28 @@ class NullProgress:
 
     def yield_turn(self) -> bool:
         return False
+
+
+@dataclass
+class PartProgress:
+    """Reports the steps of part `index` of `count` (a zoom's keyframe, an X/Y/Z plot's cell) as progress
+    through the whole job ("keyframe 2 of 5: …"), assuming the parts are alike."""
+
+    sink: ProgressSink
+    index: int
+    count: int
+    noun: str = "part"
+
+    @property
+    def label(self) -> str:
+        return f"{self.noun} {self.index + 1} of {self.count}"
+
+    def on_step(self, step: int, total_steps: int, latents: torch.Tensor | None = None) -> None:
+        self.sink.on_step(self.index * total_steps + step, self.count * total_steps, latents)
+        self.sink.set_stage(self.label)
+
+    def should_stop(self) -> bool:
+        return self.sink.should_stop()
+
+    def set_stage(self, text: str) -> None:
+        self.sink.set_stage(f"{self.label}: {text}")

@@ -20,6 +20,7 @@ class GenerationResult:
     extra: dict = field(default_factory=dict)
     prompts: list[str] = field(default_factory=list)  # each image's own (features may vary them)
     negative_prompts: list[str] = field(default_factory=list)
+    grids: list[bool] = field(default_factory=list)  # which images are grids (saved under <kind>-grids)
 
     @property
     def info(self) -> str:

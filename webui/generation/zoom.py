@@ -34,7 +34,7 @@ from . import masks as M
 from .noise import pick_seed
 from .fields import Param
 from .outpaint import OutpaintRequest, default_box_size, plan_box
-from .progress import NullProgress, ProgressSink, yield_turn
+from .progress import NullProgress, PartProgress, ProgressSink, yield_turn
 from .requests import GenerationParams, Txt2ImgRequest
 
 log = logging.getLogger(__name__)
@@ -215,29 +215,6 @@ def frame_count(keyframes: int, n: int, fps: int, hold_first: float, hold_last: 
 
 # -- making the keyframes ------------------------------------------------------------------------------
 @dataclass
-class KeyframeProgress:
-    """Reports the sampler's steps on keyframe `index` as part of the whole zoom ("keyframe 2 of 5")."""
-
-    sink: ProgressSink
-    index: int
-    count: int
-
-    @property
-    def label(self) -> str:
-        return f"keyframe {self.index + 1} of {self.count}"
-
-    def on_step(self, step: int, total_steps: int, latents=None) -> None:
-        self.sink.on_step(self.index * total_steps + step, self.count * total_steps, latents)
-        self.sink.set_stage(self.label)
-
-    def should_stop(self) -> bool:
-        return self.sink.should_stop()
-
-    def set_stage(self, text: str) -> None:
-        self.sink.set_stage(f"{self.label}: {text}")
-
-
-@dataclass
 class ZoomResult:
     request: ZoomRequest  # with size, mask, seed resolved
     geometry: ZoomGeometry
@@ -285,7 +262,7 @@ def run_zoom(engine, model, request: ZoomRequest, progress: ProgressSink | None 
     req, geometry = resolve_zoom(request, model.default_size)
     result = ZoomResult(req, geometry)
     count = req.keyframes + 1
-    first = first_keyframe(engine, model, req, KeyframeProgress(progress, 0, count))
+    first = first_keyframe(engine, model, req, PartProgress(progress, 0, count, "keyframe"))
     if first is not None:
         result.keyframes.append(first[0])
         result.infotexts.append(first[1])
@@ -296,7 +273,7 @@ def run_zoom(engine, model, request: ZoomRequest, progress: ProgressSink | None 
             break
         plan = plan_box(OutpaintRequest(**keyframe_params(req, k), box=grow_canvas(result.keyframes[-1], geometry),
                                         prefill="noise", overlap=req.mask_blur, mask_blur=req.mask_blur))
-        out = engine.img2img(model, plan.request, KeyframeProgress(progress, k, count))
+        out = engine.img2img(model, plan.request, PartProgress(progress, k, count, "keyframe"))
         if out.interrupted or not out.images:
             break
         result.keyframes.append(plan.finish(out.images[0]))
@@ -307,7 +284,7 @@ def run_zoom(engine, model, request: ZoomRequest, progress: ProgressSink | None 
     return result
 
 
-def first_keyframe(engine, model, req: ZoomRequest, progress: KeyframeProgress) -> tuple[Image.Image, str] | None:
+def first_keyframe(engine, model, req: ZoomRequest, progress: PartProgress) -> tuple[Image.Image, str] | None:
     """The given first image (cropped to the frame), or txt2img with keyframe 0's prompt."""
     size = (req.width, req.height)
     if req.init_image is not None:

@@ -29,6 +29,7 @@ from webui.images.infotext import parse_infotext
 from webui.jobs.queue import Job, JobState
 from webui.services import Easel
 
+from .styles import StylesRow
 from .widgets import error_html, progress_html, session_id
 
 POLL_SECONDS = 0.25
@@ -128,8 +129,12 @@ class GenerationControls:
     admission: Admission
     checkpoint: gr.Dropdown
     vae: gr.Dropdown | None = None
+    gate: Gate | None = None
     fields: dict[str, Any] = field(default_factory=dict)
     sections: list[FeatureSection] = field(default_factory=list)
+    scripts: dict[str, tuple[Any, dict[str, Any]]] = field(default_factory=dict)  # name -> (script, widgets)
+    script: gr.Dropdown | None = None
+    styles: Any = None
 
     def add(self, name: str, **kw: Any) -> Any:
         param = param_of(self.model.model_fields[name])
@@ -137,12 +142,14 @@ class GenerationControls:
         self.fields[name] = widget(self.model, name, f"{self.prefix}_{elem}", **kw)
         return self.fields[name]
 
-    def prompt_row(self) -> tuple[gr.Button, gr.Button]:
+    def prompt_row(self, styles: bool = True) -> tuple[gr.Button, gr.Button]:
         p = self.prefix
         with gr.Row():
             with gr.Column(scale=6):
                 self.add("prompt", placeholder="Prompt (Ctrl+Enter to generate)")
                 self.add("negative_prompt", lines=2)
+                if styles:
+                    self.styles_row()
             with gr.Column(scale=1, min_width=160):
                 generate = gr.Button("Generate", variant="primary", elem_id=f"{p}_generate")
                 interrupt = gr.Button("Interrupt", elem_id=f"{p}_interrupt")
@@ -185,21 +192,55 @@ class GenerationControls:
             self.fields["vae"] = self.vae
 
     def feature_sections(self, tab: str) -> None:
-        """An accordion per feature with settings that serves this tab (built-ins and extensions alike)."""
+        """An accordion per feature with settings that serves this tab (built-ins and extensions alike);
+        features whose settings have no widget of their own (styles: beside the prompt) get none."""
         for feature in self.easel.features.with_settings():
-            if tab not in feature.tabs:
+            shown = [n for n, f in feature.settings.model_fields.items()
+                     if (p := param_of(f)) is not None and p.ui is not None]
+            if tab not in feature.tabs or not shown:
                 continue
-            widgets = {}
             with gr.Accordion(feature.title or feature.name, open=False, elem_id=f"{self.prefix}_{slug(feature.name)}"):
-                for name in feature.settings.model_fields:
-                    if param_of(feature.settings.model_fields[name]) is None:
-                        continue
-                    widgets[name] = widget(feature.settings, name, f"{self.prefix}_{slug(feature.name)}_{name}")
+                widgets = self.settings_widgets(feature, shown, tab)
             self.sections.append(FeatureSection(feature, widgets))
+
+    def settings_widgets(self, owner, names: list[str], tab: str) -> dict[str, Any]:
+        """Widgets for a feature's or script's settings, with the choices it knows only at run time."""
+        return {name: widget(owner.settings, name, f"{self.prefix}_{slug(owner.name)}_{name}",
+                             choices=owner.choices(name, tab)) for name in names}
+
+    def script_section(self, tab: str) -> None:
+        """A1111's Script dropdown: "None" or a script, whose settings show below it when chosen."""
+        scripts = [s for s in self.easel.features.scripts if tab in s.tabs]
+        if not scripts:
+            return
+        self.script = gr.Dropdown(["None", *[s.title or s.name for s in scripts]], value="None", label="Script",
+                                  elem_id=f"{self.prefix}_script")
+        groups = []
+        for script in scripts:
+            shown = [n for n, f in (script.settings.model_fields if script.settings else {}).items()
+                     if (p := param_of(f)) is not None and p.ui is not None]
+            with gr.Group(visible=False, elem_id=f"{self.prefix}_{slug(script.name)}") as group:
+                self.scripts[script.name] = (script, self.settings_widgets(script, shown, tab))
+            groups.append(group)
+        titles = [s.title or s.name for s in scripts]
+        self.script.change(lambda chosen: {g: gr.Group(visible=chosen == t) for g, t in zip(groups, titles)},
+                           inputs=self.script, outputs=groups, api_name=False)
+
+    def styles_row(self) -> None:
+        """The styles picker beside the prompt, when the styles feature is there (webui/ui/styles.py)."""
+        feature = self.easel.features.find("styles")
+        if feature is None:
+            return
+        self.styles = StylesRow(self.prefix, feature.library, self.fields["prompt"], self.fields["negative_prompt"],
+                                self.gate)
+        self.styles.build()
+        self.sections.append(FeatureSection(feature, {"styles": self.styles.picker}))
 
     @property
     def inputs(self) -> set:
-        return set(self.fields.values()) | {w for s in self.sections for w in s.widgets.values()}
+        scripts = {w for _, widgets in self.scripts.values() for w in widgets.values()}
+        script = {self.script} if self.script is not None else set()
+        return set(self.fields.values()) | {w for s in self.sections for w in s.widgets.values()} | scripts | script
 
     def request_values(self, data: dict) -> dict[str, Any]:
         values = {name: request_value(self.model, name, data[comp]) for name, comp in self.fields.items()
@@ -213,6 +254,12 @@ class GenerationControls:
                                              if w in data}
         if scripts:
             values["alwayson_scripts"] = scripts
+        chosen = data.get(self.script) if self.script is not None else None
+        for name, (script, widgets) in self.scripts.items():
+            if chosen in (script.title, script.name):
+                values["script_name"] = name
+                values["script_args"] = {n: request_value(script.settings, n, data[w]) for n, w in widgets.items()
+                                         if w in data}
         return values
 
     def updates_from_infotext(self, text: str) -> dict:

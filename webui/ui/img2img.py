@@ -80,6 +80,7 @@ class Img2ImgTab:
                 c.add("denoising_strength")
                 c.pickers()
                 c.feature_sections("img2img")
+                c.script_section("img2img")
             with gr.Column(scale=1):
                 self.results.build()
         inputs = c.inputs | {self.mode, self.init_image, self.sketch, self.inpaint, self.upload_image, self.upload_mask}

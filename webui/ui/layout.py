@@ -8,10 +8,8 @@ from __future__ import annotations
 import html
 import logging
 from pathlib import Path
-from typing import Any
 
 import gradio as gr
-from PIL import Image
 
 from webui.admission import Admission
 from webui.auth import Gate
@@ -20,7 +18,6 @@ from webui.extensions.loader import Extensions, write_disabled
 from webui.generation.outpaint import OutpaintParams
 from webui.generation.requests import Img2ImgRequest, Txt2ImgRequest
 from webui.generation.zoom import ZoomRequest
-from webui.images.store import read_infotext
 from webui.services import Easel
 
 from .controls import SHARED_FIELDS, GenerationControls, JobRunner, icon_button, ui_caller
@@ -29,22 +26,12 @@ from .outpaint import OutpaintTab
 from .pnginfo import PngInfoTab
 from .txt2img import Txt2ImgTab
 from .widgets import error_html, notice_html
+from .result_view import load_sent_image
 from .zoom import ZoomTab
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
-
-
-def load_sent_image(item: Any) -> tuple[Image.Image | None, str]:
-    """A gallery item (a saved PNG's path, or an image) as a PIL image plus its infotext."""
-    if item is None:
-        return None, ""
-    if isinstance(item, Image.Image):
-        return item.convert("RGB"), read_infotext(item) or ""
-    with Image.open(item) as im:
-        im.load()
-        return im.convert("RGB"), read_infotext(im) or ""
 
 
 def pick(images: list, selected: int):
@@ -67,7 +54,7 @@ def build_ui(easel: Easel, admission: Admission, gate: Gate | None = None,
             model_status = gr.HTML(elem_id="sd_model_status")
 
         def controls(prefix: str, model) -> GenerationControls:
-            return GenerationControls(prefix, model, easel, admission, checkpoint, vae)
+            return GenerationControls(prefix, model, easel, admission, checkpoint, vae, gate)
 
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):

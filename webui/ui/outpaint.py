@@ -38,7 +38,7 @@ class OutpaintTab:
 
     def build(self) -> None:
         c = self.controls
-        generate, interrupt = c.prompt_row()
+        generate, interrupt = c.prompt_row(styles=False)  # the canvas sends its own fields
         width, height = default_box_size(c.easel.default_size_for(self.checkpoint.value))
         with gr.Row():
             with gr.Column(scale=3):

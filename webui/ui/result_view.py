@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
+from PIL import Image
 
+from webui.images.store import read_infotext
 from webui.jobs.queue import Job
 from webui.services import SavedResult
 
@@ -47,6 +50,17 @@ class ResultView:
         note = (f"Interrupted after {len(result.images)} image(s)" if result.interrupted
                 else f"{len(result.images)} image(s) in {result.seconds:.1f}s")
         return [[(im, None) for im in shown], result.infotexts[0], notice_html(note), result.seeds[0], shown, 0]
+
+
+def load_sent_image(item: Any) -> tuple[Image.Image | None, str]:
+    """A gallery item (a saved PNG's path, or an image) as a PIL image plus its infotext."""
+    if item is None:
+        return None, ""
+    if isinstance(item, Image.Image):
+        return item.convert("RGB"), read_infotext(item) or ""
+    with Image.open(item) as im:
+        im.load()
+        return im.convert("RGB"), read_infotext(im) or ""
 
 
 def _selected_index(evt: gr.SelectData) -> int:
