@@ -106,3 +106,12 @@ def chromium_page():
                 context.close()
     finally:
         shutil.rmtree(profile, ignore_errors=True)
+
+
+@contextmanager
+def easel_page(url: str):
+    """Chromium on Easel's page, once the txt2img prompt is there."""
+    with chromium_page() as page:
+        page.goto(url + "/")
+        page.wait_for_selector("#txt2img_prompt textarea")
+        yield page

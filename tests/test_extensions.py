@@ -14,6 +14,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from app import build_app
+from sinks import Recorder
 from webui.extensions.loader import load_extensions
 from webui.generation.extension_points import Guidance
 from webui.generation.requests import Txt2ImgRequest
@@ -128,23 +129,10 @@ def test_a_guidance_hook_changes_the_combination(extended):
 def test_a_further_pass_denoises_again_and_counts_in_progress(extended):
     easel, _ = extended
 
-    class Steps:
-        def __init__(self):
-            self.seen = []
-
-        def on_step(self, step, total, latents=None):
-            self.seen.append((step, total))
-
-        def should_stop(self):
-            return False
-
-        def set_stage(self, text):
-            pass
-
-    sink = Steps()
+    sink = Recorder()
     request = Txt2ImgRequest(**{**BASE, "steps": 4}, alwayson_scripts={"probe": {"second_pass": 0.5}})
     result = easel.engine.generate(easel.load_model("tiny-a.safetensors"), request, sink)
-    assert sink.seen == [(i, 6) for i in range(1, 7)]  # 4 steps, then the pass's 2
+    assert sink.steps == [(i, 6) for i in range(1, 7)]  # 4 steps, then the pass's 2
     assert info(result)["Probe UNet calls"] == "6"
     assert not np.array_equal(arr(result.images[0]), arr(generate(easel, {}, steps=4).images[0]))
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from sinks import Recorder
 from webui.generation.engine import Engine
 from webui.generation.requests import Txt2ImgRequest, describe_validation_error
 from webui.generation.samplers import SAMPLERS, resolve_sampler
@@ -150,21 +151,6 @@ def test_prompt_weights_change_the_image_and_escaped_brackets_are_plain_text(eas
     assert chunk.weights == [1.0] * len(chunk.tokens)
     assert chunk.tokens == encoder.tokenize_fragments(["(red:1.8) circle"])[0]
     assert not np.array_equal(arr(escaped.images[0]), plain)
-
-
-class Recorder:
-    def __init__(self, stop_after: int | None = None):
-        self.steps: list[tuple[int, int]] = []
-        self.stop_after = stop_after
-
-    def on_step(self, step, total, latents=None):
-        self.steps.append((step, total))
-
-    def should_stop(self):
-        return self.stop_after is not None and len(self.steps) >= self.stop_after
-
-    def set_stage(self, text):
-        pass
 
 
 def test_progress_is_reported_per_step(easel, model):

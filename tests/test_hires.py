@@ -11,6 +11,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from app import build_app
+from sinks import Recorder
 from webui.features.hires import target_size, HiresSettings
 from webui.generation.extension_points import Feature, Step, UnetCall
 from webui.generation.latents import encode_images, latents_to_images
@@ -48,22 +49,9 @@ def test_output_size(easel, settings, size):
 
 
 def test_the_second_pass_runs_its_own_steps(easel):
-    class Steps:
-        seen: list = []
-
-        def on_step(self, step, total, latents=None):
-            self.seen.append((step, total))
-
-        def should_stop(self):
-            return False
-
-        def set_stage(self, text):
-            pass
-
-    sink = Steps()
-    sink.seen = []
+    sink = Recorder()
     run(easel, sink, alwayson_scripts=hires(hr_second_pass_steps=6, denoising_strength=0.5))
-    assert sink.seen == [(i, 7) for i in range(1, 8)]  # 4 first-pass steps, then 6 × 0.5 = 3
+    assert sink.steps == [(i, 7) for i in range(1, 8)]  # 4 first-pass steps, then 6 × 0.5 = 3
 
 
 def test_latent_and_lanczos_upscales_both_refine_and_differ(easel):

@@ -6,7 +6,7 @@ import datetime
 import pytest
 from PIL import Image
 
-from browser import chromium_page, data_dir_with_tiny_model, easel_server, requires_chromium, set_number
+from browser import data_dir_with_tiny_model, easel_page, easel_server, requires_chromium, set_number
 
 pytestmark = [pytest.mark.browser, requires_chromium]
 
@@ -20,10 +20,7 @@ def server(tmp_path_factory, model_root):
 
 @pytest.fixture()
 def page(server):
-    url, _ = server
-    with chromium_page() as page:
-        page.goto(url + "/")
-        page.wait_for_selector("#txt2img_prompt textarea")
+    with easel_page(server[0]) as page:
         yield page
 
 

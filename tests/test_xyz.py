@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app import build_app
+from sinks import Recorder
 from webui.features.xyz import expand, split_values
 from webui.generation.requests import Img2ImgRequest, Txt2ImgRequest
 from webui.images.infotext import parse_infotext
@@ -90,20 +91,7 @@ def test_a_checkpoint_axis_uses_each_checkpoint(easel):
 
 
 def test_interrupt_keeps_the_cells_made(easel):
-    class StopAfter:
-        def __init__(self, steps):
-            self.steps, self.seen = steps, 0
-
-        def on_step(self, step, total, latents=None):
-            self.seen += 1
-
-        def should_stop(self):
-            return self.seen >= self.steps
-
-        def set_stage(self, text):
-            pass
-
-    result = plot(easel, StopAfter(2 * 2 + 1), x_type="Seed", x_values="1,2,3,4", draw_legend=False)
+    result = plot(easel, Recorder(stop_after=2 * 2 + 1), x_type="Seed", x_values="1,2,3,4", draw_legend=False)
     assert result.interrupted and result.extra["cells"] == 2
     grid = arr(result.images[0])
     assert grid.shape == (64, 4 * 64, 3) and grid[:, 2 * 64:].max() == 0  # the cells not made stay black

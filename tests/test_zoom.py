@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
+from sinks import Recorder
 from webui.images.store import ImageStore
 from webui.generation.zoom import (
     ZoomGeometry, ZoomRequest, frame_count, grow_canvas, inner_alpha_from_feather, run_zoom, save_zoom,
@@ -113,23 +114,6 @@ def test_zoom_request_refuses_bad_values_naming_the_field(changes, field):
 
 
 # -- on the tiny model ---------------------------------------------------------------------------------------
-class StopAfter:
-    """A progress sink that asks to stop once `steps` sampling steps have been reported."""
-
-    def __init__(self, steps: int):
-        self.steps, self.seen = steps, 0
-        self.stages: list[str] = []
-
-    def on_step(self, step, total_steps, latents=None):
-        self.seen += 1
-
-    def should_stop(self):
-        return self.seen >= self.steps
-
-    def set_stage(self, text):
-        self.stages.append(text)
-
-
 def test_zoom_job_writes_an_mp4_of_the_expected_frames_and_its_keyframes(easel):
     req = ZoomRequest(prompts={0: "a red circle", 1: "a blue square"}, keyframes=2, steps=2, seed=5, fps=8,
                       seconds_per_keyframe=0.5, hold_last=0.25, checkpoint="tiny-a")
@@ -169,7 +153,7 @@ def test_zoom_job_writes_an_mp4_of_the_expected_frames_and_its_keyframes(easel):
 
 def test_interrupted_zoom_keeps_a_video_of_the_keyframes_so_far(easel, tmp_path):
     model = easel.load_model("tiny-a")
-    sink = StopAfter(steps=2 * 2 + 1)  # the first image and keyframe 1 finish; keyframe 2 is cut short
+    sink = Recorder(stop_after=2 * 2 + 1)  # the first image and keyframe 1 finish; keyframe 2 is cut short
     req = ZoomRequest(prompt="a red circle", keyframes=4, steps=2, seed=1, fps=4, seconds_per_keyframe=1.0,
                       direction="in")
     result = run_zoom(easel.engine, model, req, sink)
