@@ -75,3 +75,29 @@ def test_an_xyz_plot_makes_a_grid(server, page):
     assert "Script: X/Y/Z plot" in info and "X Type: Steps" in info
     grid = newest_png(data, "txt2img-grids")
     assert grid.size == (128, 64)
+
+
+def test_upscale_this_image_remakes_the_selected_result_through_the_hires_fix(server, page):
+    _, data = server
+    page.fill("#txt2img_prompt textarea", "a blue square")
+    set_number(page, "txt2img_steps", 2)
+    first = generated_info(page)
+    seed = first.split("Seed: ")[1].split(",")[0]
+    page.click("#txt2img_upscale")
+    page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Hires upscale')",
+                           timeout=120_000)
+    info = page.input_value("#txt2img_info textarea")
+    assert f"Seed: {seed}," in info and info.startswith("a blue square\n")
+    assert newest_png(data, "txt2img-images").size == (128, 128)
+
+
+def test_the_current_prompt_saved_as_a_style(server, page):
+    _, data = server
+    page.fill("#txt2img_prompt textarea", "{prompt}, watercolour")
+    page.click("#txt2img_styles_edit .label-wrap, #txt2img_styles_edit button")
+    page.locator("#txt2img_style_name input").fill("Watercolour")
+    page.click("#txt2img_style_copy")
+    page.wait_for_function("document.querySelector('#txt2img_style_prompt textarea').value.includes('watercolour')")
+    page.click("#txt2img_style_save")
+    page.wait_for_selector("#txt2img_style_status .easel-notice")
+    assert "Watercolour" in (data / "styles.csv").read_text() and "{prompt}, watercolour" in (data / "styles.csv").read_text()
