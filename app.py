@@ -38,7 +38,8 @@ def build_app(easel: Easel, settings: Settings, extensions: Extensions | None = 
 
     from webui.admission import Admission
     from webui.api import ApiContext, build_api_router, build_canvas_router
-    from webui.auth import AccessGuard, Accounts, Gate
+    from webui.api.body_limit import BodyLimit
+    from webui.auth import AccessGuard, Accounts, Gate, OutputFiles
 
     gate = Gate(Accounts.from_settings(settings))
     admission = Admission(easel)
@@ -55,7 +56,9 @@ def build_app(easel: Easel, settings: Settings, extensions: Extensions | None = 
     if not settings.nowebui:
         mount_ui(app, easel, settings, gate, admission, extensions)
     if gate.enabled:
-        app.add_middleware(AccessGuard, gate=gate)
+        owners = easel.owners.owner_of if easel.owners is not None else (lambda path: None)
+        app.add_middleware(AccessGuard, gate=gate, files=OutputFiles(settings.outputs_dir, owners))
+    app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)  # outermost: every route
     return app
 
 
@@ -91,6 +94,7 @@ def mount_ui(app: FastAPI, easel: Easel, settings: Settings, gate: Gate, admissi
         auth_dependency=gate.ui_user if gate.enabled else None,
         allowed_paths=[str(settings.outputs_dir)],
         show_error=False,
+        max_file_size=settings.limits.max_body_bytes,  # uploads: the same limit as any body
         **launch_kwargs(),
     )
 

@@ -3,8 +3,6 @@ request's checkpoint and options are resolved, the options' checkpoint loaded wh
 jobs giving other people's jobs a turn."""
 from __future__ import annotations
 
-import base64
-import io
 import json
 import shutil
 import threading
@@ -17,6 +15,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app import build_app
+from pictures import b64png
 from browser import easel_server
 from webui.admission import Admission, Caller
 from webui.generation.errors import FieldError
@@ -28,11 +27,6 @@ from webui.settings import Limits
 FAST = {"prompt": "a red circle", "steps": 2, "seed": 7, "width": 64, "height": 64}
 LIMITS = Limits(max_steps=4, max_pixels=128 * 128, max_batch=4, max_zoom_keyframes=2, max_job_work=0.2)
 
-
-def b64png(image: Image.Image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 @pytest.fixture()

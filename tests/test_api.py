@@ -447,7 +447,7 @@ def test_easel_jobs_submit_poll_and_list(easel, client):
     job_id = r.json()["id"]
     status = wait_job(client, job_id, me)
     assert status["state"] == "done" and status["progress"] == 1.0 and status["position"] == 0
-    assert status["owner"] == "api:dave" and status["kind"] == "txt2img"
+    assert status["owner"] == "client:dave" and status["kind"] == "txt2img"
     assert png(status["images"][0]).info["parameters"] == status["info"]["infotexts"][0]
     same = client.post("/sdapi/v1/txt2img", json=FAST).json()["images"][0]
     assert png(same).tobytes() == png(status["images"][0]).tobytes()

@@ -66,7 +66,7 @@ def test_img2img_round_trip_gives_the_engines_image_with_its_infotext(easel, cli
     direct = easel.engine.img2img(model, Img2ImgRequest(**FAST, init_image=init, denoising_strength=0.5))
     assert np.array_equal(arr(image), arr(direct.images[0]))  # the API adds nothing of its own
     assert outputs(easel) == []  # save_images defaults to false, as in A1111's API
-    assert [j.description for j in easel.queue.jobs_of("api:testclient")] == ["img2img"]
+    assert [j.description for j in easel.queue.jobs_of("addr:testclient")] == ["img2img"]
 
 
 def test_the_first_init_image_is_used_and_the_others_are_named(client):
@@ -132,7 +132,7 @@ def test_what_is_not_an_image_or_not_allowed_gets_a_422_naming_the_field(easel, 
     assert r.status_code == 422, r.text
     detail = r.json()["detail"][0]
     assert detail["field"] == field and words in detail["msg"] and r.json()["message"].startswith(field)
-    assert easel.queue.jobs_of("api:testclient") == [] and outputs(easel) == []  # refused before queueing
+    assert easel.queue.jobs_of("addr:testclient") == [] and outputs(easel) == []  # refused before queueing
 
 
 def test_limits_size_an_img2img_by_its_init_image(easel):

@@ -73,3 +73,22 @@ def test_schedule_picks_texts_per_step_and_pads_to_equal_length(encoder):
     assert cond.at(0, length).shape == long_neg.at(0, length).shape == (1, 154, 32)
     # padding is the empty chunk's encoding
     assert torch.equal(cond.at(0, length)[:, 77:], encoder.empty_chunk())
+
+
+def test_many_alternating_long_texts_are_kept_within_a_byte_budget(tiny_a, monkeypatch):
+    """A prompt alternating between many long texts (issue: +720 MB on the tiny model at 300 options)
+    keeps at most the budget in each cache, and gives the same tensors as encoding each text afresh."""
+    from webui.generation import conditioning
+    monkeypatch.setattr(conditioning, "COND_CACHE_BYTES", 200_000)
+    encoder = PromptEncoder(load_clip_tokenizer(), tiny_a.text_encoder)
+    base = " ".join(["word"] * 140)  # two chunks: 154 tokens × 32 wide × 4 bytes ≈ 20 KB per text
+    prompt = f"{base} [" + "|".join(f"option{i}" for i in range(40)) + "]"
+    cond = ScheduledConditioning(encoder, [prompt], steps=40)
+    texts = {cond.texts_at(s)[0] for s in range(40)}
+    assert len(texts) > 30
+    for step in range(40):
+        got = cond.at(step, 154)
+        fresh = PromptEncoder(load_clip_tokenizer(), tiny_a.text_encoder).encode(cond.texts_at(step)[0])
+        assert torch.equal(got, fresh)
+    assert encoder._cache.currsize <= 200_000 and cond._by_step.currsize <= 200_000
+    assert len(encoder._cache) < len(texts)  # bounded: not every text is held

@@ -156,8 +156,10 @@ def test_before_save_and_after_save_see_every_saved_image_with_its_owner(extende
     zoom = easel.submit("zoom", ZoomRequest(prompt="a red circle", keyframes=1, steps=2, seed=1, fps=2,
                                             checkpoint="tiny-a.safetensors"), "bob")
     assert zoom.wait(60) and zoom.error is None, zoom.error
-    keyframes = [s for s in probe.saved if s[2] == "zoom"]
-    assert len(keyframes) == 2 and all(owner == "bob" for _, owner, _ in keyframes)
+    zoom_files = [s for s in probe.saved if s[2] == "zoom"]
+    keyframes = [s for s in zoom_files if s[0].endswith(".png")]
+    assert len(keyframes) == 2 and all(owner == "bob" for _, owner, _ in zoom_files)
+    assert [s[0] for s in zoom_files if s[0].endswith(".mp4")] == [str(zoom.result.video)]  # the video too
 
 
 def test_a_script_runs_the_whole_job_through_the_pipeline(extended):
@@ -256,7 +258,7 @@ def test_listings_and_an_extensions_own_route(api):
     assert listed["probe"]["enabled"] and listed["broken-import"]["state"] == "failed"
     assert "probe pair" in listed["probe"]["features"]
     mine = api.get("/easel/v1/ext/probe/saved", headers={"X-Easel-Client": "carol"}).json()
-    assert mine["caller"] == "api:carol"
+    assert mine["caller"] == "client:carol"
 
 
 # -- the shipped example: CFG Rescale ------------------------------------------------------------------

@@ -92,3 +92,13 @@ def test_bad_and_unknown_loras_give_clear_errors_and_generation_goes_on(easel, l
     with pytest.raises(ModelError, match="not found"):
         run(easel, "a cat <lora:../../etc/passwd:1>")
     assert run(easel, "a cat").images
+
+
+def test_repeated_tags_are_one_lora_and_one_hash(easel, lora_dir):
+    text, uses = extract_lora_tags("<lora:shiny:0.25> a cat <lora:shiny:0.25> <lora:moody>")
+    assert uses == [LoraUse("shiny", 0.5), LoraUse("moody", 1.0)]  # the same name adds up, as in A1111
+    many = run(easel, "a cat " + "<lora:shiny:0.001>" * 500)
+    once = run(easel, "a cat <lora:shiny:0.5>")
+    hashes = parse_infotext(many.infotexts[0])["Lora hashes"]
+    assert hashes == parse_infotext(once.infotexts[0])["Lora hashes"] and hashes.count("shiny") == 1
+    assert np.abs(pixels(many) - pixels(once)).max() <= 1

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 from pydantic import ValidationError
+from pictures import b64png
 
 from webui.generation.outpaint import (
     OutpaintRequest, box_kind, default_box_size, empty_area, feather_mask, plan_box, prefill, sampling_mask,
@@ -176,11 +177,6 @@ def test_outpaint_job_returns_whole_boxes_with_the_old_pixels_kept(easel):
 
 
 # -- the JSON endpoint -----------------------------------------------------------------------------------
-def b64png(image: Image.Image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
 
 @pytest.fixture()
 def client(easel):

@@ -111,7 +111,7 @@ def test_the_api_takes_a1111s_positional_script_args(easel):
         grid = Image.open(io.BytesIO(base64.b64decode(images[0])))
         assert len(images) == 1 and grid.size == (128, 128)
         assert "X Type: Steps" in json.loads(r.json()["info"])["infotexts"][0]
-        before = len(easel.queue.jobs_of("api:testclient"))
+        before = len(easel.queue.jobs_of("addr:testclient"))
         for bad, field in ((["Image CFG Scale", "2"], "script_args.0"),  # img2img's only
                            ([9, "Nope"], "script_args.1"),  # Sampler (index 9): an unknown one
                            ([7, "blue, green"], "script_args.1"),  # Prompt S/R: "blue" is not in the prompt
@@ -120,7 +120,7 @@ def test_the_api_takes_a1111s_positional_script_args(easel):
                            (["Steps", "two"], "script_args.1")):
             refused = client.post("/sdapi/v1/txt2img", json={**BASE, "script_name": "X/Y/Z plot", "script_args": bad})
             assert refused.status_code == 422 and refused.json()["detail"][0]["field"] == field, (bad, refused.text)
-        assert len(easel.queue.jobs_of("api:testclient")) == before  # refused before anything was queued
+        assert len(easel.queue.jobs_of("addr:testclient")) == before  # refused before anything was queued
 
 
 def test_img2img_plots_too(easel):

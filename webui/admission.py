@@ -24,13 +24,15 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from webui.features.travel import TravelRequest
 from webui.generation.builtins import img2img_size
 from webui.generation.errors import FieldError
 from webui.generation.requests import GenerationParams, Img2ImgRequest
 from webui.generation.zoom import ZoomRequest
 from webui.jobs.queue import Job
 from webui.models.catalog import CheckpointInfo
-from webui.models.errors import CheckpointNotFound
+from webui.models.errors import CheckpointNotFound, LoraNotFound
+from webui.models.lora import extract_lora_tags
 from webui.models.vae import AUTOMATIC, NONE
 from webui.options import CoreOptions, OptionsStore
 from webui.services import Easel
@@ -46,6 +48,8 @@ class Caller:
     owner: str
     user: str | None = None
     admin: bool = False
+    manager: bool = False  # may change what everyone shares (rescan models, edit styles, switch extensions):
+    #                        an admin, or anyone when logins are off (as in A1111)
 
     def may_see(self, job: Job) -> bool:
         return self.admin or job.owner == self.owner
@@ -59,6 +63,7 @@ class Admitted:
     request: Any  # the request as it will run (checkpoint, VAE, options and settings resolved)
     checkpoint: CheckpointInfo | None
     ignored: list[str] = field(default_factory=list)  # override_settings keys Easel does not use
+    work: float = 1.0  # megapixel-steps: what the queue's fairness counts
 
 
 def looks_like_path(name: str) -> bool:
@@ -194,17 +199,39 @@ class Admission:
         changes["override_settings"] = extension_options | {k: v for k, v in overrides.items()
                                                             if k not in CoreOptions.model_fields}
         resolved = self.easel.features.validate(request.model_copy(update=changes))
-        self.check_limits(kind, resolved, info)
+        self.check_loras(resolved)
+        if isinstance(resolved, TravelRequest) and resolved.resume:  # an earlier job's frames, the caller's own
+            self.easel.travel_folder(resolved.resume, caller.owner)
+        work = self.check_limits(kind, resolved, info)
         ignored = sorted(k for k in (getattr(request, "override_settings", {}) or {})
                          if k not in self.easel.options.model.model_fields)
-        return Admitted(None, resolved, info, ignored)  # type: ignore[arg-type]
+        return Admitted(None, resolved, info, ignored, work)  # type: ignore[arg-type]
 
     def submit(self, kind: str, request: Any, caller: Caller, *, save: bool = True) -> Admitted:
         """Check `request` and queue it as the caller's job of `kind` ("txt2img", "img2img", "outpaint",
         "zoom", or "load" with a checkpoint name as the request). FieldError when it is refused."""
         admitted = self.prepare(kind, request, caller)
-        admitted.job = self.easel.submit(kind, admitted.request, caller.owner, save)
+        admitted.job = self.easel.submit(kind, admitted.request, caller.owner, save, work=admitted.work)
         return admitted
+
+    def check_loras(self, request: GenerationParams) -> None:
+        """Every `<lora:…>` tag written in the prompts names a file in models/Lora (FieldError naming the
+        prompt field); tags a feature writes later (a wildcard, a style) are checked when the job runs."""
+        loras = self.easel.engine.loras
+        texts = {"prompt": request.prompt, "negative_prompt": request.negative_prompt}
+        for key, text in (getattr(request, "prompts", None) or {}).items():  # a zoom's keyed prompts
+            texts[f"prompts.{key}"] = text
+        if isinstance(request, TravelRequest):
+            for index, keyframe in enumerate(request.keyframes):
+                texts[f"keyframes.{index}.prompt"] = keyframe.prompt
+        for name, text in texts.items():
+            for use in extract_lora_tags(text, name)[1]:
+                if loras is None:
+                    raise FieldError(name, "this server has no LoRA folder")
+                try:
+                    loras.find(use.name, hashed=False)
+                except LoraNotFound as e:
+                    raise FieldError(name, str(e)) from None
 
     # -- limits -----------------------------------------------------------------------------------
     def run_size(self, request: GenerationParams, info: CheckpointInfo) -> tuple[int, int]:
@@ -218,7 +245,8 @@ class Admission:
             default = tuple(min(512, s) for s in default)
         return request.width or default[0], request.height or default[1]
 
-    def check_limits(self, kind: str, request: GenerationParams, info: CheckpointInfo) -> None:
+    def check_limits(self, kind: str, request: GenerationParams, info: CheckpointInfo) -> float:
+        """Refuse a request over this server's limits (FieldError); else its work in megapixel-steps."""
         limits = self.limits
         if limits.max_steps is not None and request.steps > limits.max_steps:
             raise FieldError("steps", f"at most {limits.max_steps} on this server (got {request.steps})")
@@ -242,11 +270,17 @@ class Admission:
                 raise FieldError("keyframes", f"at most {limits.max_zoom_keyframes} on this server "
                                               f"(got {request.keyframes})")
             images = request.keyframes + 1
+        if isinstance(request, TravelRequest):
+            images = request.total_frames
+            if limits.max_travel_frames is not None and images > limits.max_travel_frames:
+                raise FieldError("frames", f"a travel video has at most {limits.max_travel_frames} frames on this "
+                                           f"server (these keyframes and frame counts make {images})")
         work = images * request.steps * width * height / 1e6
         if limits.max_job_work is not None and work > limits.max_job_work:
-            what = "keyframes" if isinstance(request, ZoomRequest) else "n_iter"
+            what = {ZoomRequest: "keyframes", TravelRequest: "frames"}.get(type(request), "n_iter")
             raise FieldError(what, f"this job is {work:,.0f} megapixel-steps (images × steps × width × height "
                                    f"/ 10⁶); this server takes at most {limits.max_job_work:,.0f} per job")
+        return work
 
     # -- seeing jobs ------------------------------------------------------------------------------
     def visible_job(self, job_id: str, caller: Caller) -> Job | None:

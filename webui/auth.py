@@ -28,9 +28,11 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from http.cookies import SimpleCookie
 from typing import Mapping
-from urllib.parse import parse_qs, quote
+from typing import Callable
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.datastructures import Headers
@@ -45,6 +47,7 @@ UI_API_PATHS = ("/easel/v1/canvas/",)  # JSON endpoints the page's own scripts c
 LOGIN_PATH = "/login"
 LOGOUT_PATH = "/logout"
 COOKIE_NAME = "easel-session"
+STORAGE_COOKIE = "easel-storage"  # readable by the page: keys its browser storage per sign-in
 SESSION_SECONDS = 7 * 24 * 3600
 FAILED_LOGIN_DELAY = 0.5  # seconds; slows password guessing without holding a thread
 MAX_LOGIN_BODY = 16 * 1024
@@ -97,6 +100,65 @@ class Accounts:
 
     def is_admin(self, user: str | None) -> bool:
         return user is not None and user in self.admins
+
+
+class Throttle:
+    """Failed sign-ins counted per account and per address over a sliding window; past a limit, that
+    account (or address) is locked until the window has passed, even for the right password, and the
+    caller is told how long to wait. Counting is in memory and bounded (oldest names forgotten)."""
+
+    def __init__(self, per_account: int = 5, per_address: int = 20, window: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic, capacity: int = 10000):
+        self.limits = {"account": per_account, "address": per_address}
+        self.window = window
+        self.clock = clock
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._failures: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
+
+    def _recent(self, key: tuple[str, str], now: float) -> list[float]:
+        times = [t for t in self._failures.get(key, []) if now - t < self.window]
+        if times:
+            self._failures[key] = times
+        else:
+            self._failures.pop(key, None)
+        return times
+
+    def wait(self, user: str, address: str) -> float:
+        """Seconds until this account and address may try again (0: now)."""
+        now = self.clock()
+        with self._lock:
+            waits = [self.window - (now - times[0])
+                     for kind, name in (("account", user), ("address", address))
+                     if len(times := self._recent((kind, name), now)) >= self.limits[kind]]
+        return max(waits, default=0.0)
+
+    def failed(self, user: str, address: str) -> None:
+        now = self.clock()
+        with self._lock:
+            for key in (("account", user), ("address", address)):
+                self._failures.setdefault(key, []).append(now)
+                self._failures.move_to_end(key)
+            while len(self._failures) > self.capacity:
+                self._failures.popitem(last=False)
+
+    def succeeded(self, user: str) -> None:
+        with self._lock:
+            self._failures.pop(("account", user), None)
+
+
+def client_address(scope: Scope) -> str:
+    client = scope.get("client")
+    return client[0] if client else "unknown"
+
+
+def same_origin(headers: Headers) -> bool:
+    """A form post from this site (or from no site: curl, scripts): its Origin, else its Referer, names
+    this host. A sign-in posted from another site is refused (login CSRF)."""
+    source = headers.get("origin") or headers.get("referer")
+    if not source or source == "null":
+        return source != "null"
+    return urlsplit(source).netloc.lower() == headers.get("host", "").lower()
 
 
 class Sessions:
@@ -177,19 +239,27 @@ class Gate:
     """Answers "who is this request, and may they use this surface?"; shared by the middleware,
     Gradio's `auth_dependency` and the API's caller dependency."""
 
-    def __init__(self, accounts: Accounts, sessions: Sessions | None = None):
+    def __init__(self, accounts: Accounts, sessions: Sessions | None = None, throttle: Throttle | None = None):
         self.accounts = accounts
         self.sessions = sessions or Sessions()
+        self.throttle = throttle or Throttle()
 
     @property
     def enabled(self) -> bool:
         return self.accounts.enabled
 
-    def identify(self, headers: Headers, surface: Surface) -> tuple[str | None, bool]:
-        """(user allowed on this surface or None, whether wrong credentials were offered)."""
+    def identify(self, headers: Headers, surface: Surface, address: str = "unknown") -> tuple[str | None, bool]:
+        """(user allowed on this surface or None, whether wrong credentials were offered). HTTP Basic
+        counts against the sign-in throttle like the form does (see `locked`)."""
         creds = basic_credentials(headers)
         if creds is not None:
+            if self.throttle.wait(creds[0], address):
+                return None, True
             ok = self.accounts.check(surface, *creds)
+            if ok:
+                self.throttle.succeeded(creds[0])
+            else:
+                self.throttle.failed(creds[0], address)
             return (creds[0] if ok else None), not ok
         token = session_cookie(headers)
         if token is not None:
@@ -212,9 +282,10 @@ class Gate:
 class AccessGuard:
     """ASGI middleware: every HTTP and WebSocket request must be signed in; serves /login and /logout."""
 
-    def __init__(self, app: ASGIApp, gate: Gate):
+    def __init__(self, app: ASGIApp, gate: Gate, files: "OutputFiles | None" = None):
         self.app = app
         self.gate = gate
+        self.files = files
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -226,9 +297,18 @@ class AccessGuard:
             await response(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        user, wrong = self.gate.identify(headers, surface_of(path))
+        address = client_address(scope)
+        creds = basic_credentials(headers)
+        wait = self.gate.throttle.wait(creds[0], address) if creds else 0.0  # locked before this attempt
+        user, wrong = self.gate.identify(headers, surface_of(path), address)
         if user is not None:
+            if self.files is not None and not self.files.may_read(path, user, self.gate.accounts.is_admin(user)):
+                await JSONResponse({"error": "NotFound", "detail": "no such file"}, status_code=404)(scope, receive, send)
+                return
             await self.app(scope, receive, send)
+            return
+        if wait and scope["type"] == "http":
+            await throttled(wait)(scope, receive, send)
             return
         if wrong:
             await asyncio.sleep(FAILED_LOGIN_DELAY)
@@ -253,16 +333,31 @@ class AccessGuard:
         conn = HTTPConnection(scope)
         if scope.get("method") != "POST":
             return login_page(safe_next(conn.query_params.get("next")))
+        headers = Headers(scope=scope)
+        if not same_origin(headers):
+            return login_page("/", problem="This sign-in form was sent from another site; sign in here.",
+                              status=403)
         form = parse_qs((await _read_body(receive, MAX_LOGIN_BODY)).decode("utf-8", "replace"))
         user = form.get("username", [""])[0].strip()
         password = form.get("password", [""])[0]
         target = safe_next(form.get("next", ["/"])[0])
+        address = client_address(scope)
+        wait = self.gate.throttle.wait(user, address)
+        if wait:
+            return login_page(target, user=user, status=429, retry=wait,
+                              problem=f"Too many failed sign-ins; try again in {int(wait) + 1} seconds.")
         if not self.gate.accounts.check(Surface.UI, user, password):
+            self.gate.throttle.failed(user, address)
             await asyncio.sleep(FAILED_LOGIN_DELAY)
             return login_page(target, user=user, failed=True)
+        self.gate.throttle.succeeded(user)
         response = RedirectResponse(target, status_code=303)
+        secure = scope.get("scheme") == "https"
         response.set_cookie(COOKIE_NAME, self.gate.sessions.issue(user), max_age=self.gate.sessions.max_age,
-                            httponly=True, samesite="lax", secure=scope.get("scheme") == "https", path="/")
+                            httponly=True, samesite="lax", secure=secure, path="/")
+        # the page's own browser storage (the outpaint canvas) is keyed by this, new at every sign-in
+        response.set_cookie(STORAGE_COOKIE, secrets.token_urlsafe(12), max_age=self.gate.sessions.max_age,
+                            samesite="lax", secure=secure, path="/")
         return response
 
     async def _logout(self, scope: Scope) -> Response:
@@ -271,6 +366,9 @@ class AccessGuard:
             self.gate.sessions.revoke(token)  # the cookie is dead on the server too, not only deleted
         response = RedirectResponse(LOGIN_PATH, status_code=303)
         response.delete_cookie(COOKIE_NAME, path="/")
+        response.delete_cookie(STORAGE_COOKIE, path="/")
+        # the next person on this browser must not see this user's canvas or prompts (where browsers honour it)
+        response.headers["Clear-Site-Data"] = '"storage"'
         return response
 
 
@@ -291,8 +389,42 @@ def safe_next(target: str | None) -> str:
     return target
 
 
-def login_page(target: str, user: str = "", failed: bool = False) -> HTMLResponse:
-    message = '<p class="err" role="alert">Wrong user name or password.</p>' if failed else ""
+def throttled(wait: float) -> JSONResponse:
+    """The answer to a caller whose account or address is locked after too many failed sign-ins."""
+    seconds = int(wait) + 1
+    return JSONResponse({"error": "TooManyRequests",
+                         "detail": f"too many failed sign-ins; try again in {seconds} seconds"},
+                        status_code=429, headers={"Retry-After": str(seconds)})
+
+
+class OutputFiles:
+    """Which output files a signed-in user may fetch through Gradio's file routes: their own (an admin's:
+    all). Files outside the outputs folder are Gradio's business (its own checks apply)."""
+
+    PREFIXES = ("/gradio_api/file=", "/gradio_api/file/")
+
+    def __init__(self, outputs: Path, owner_of: Callable[[Path], str | None]):
+        self.outputs = outputs.resolve()
+        self.owner_of = owner_of
+
+    def may_read(self, path: str, user: str, admin: bool) -> bool:
+        prefix = next((p for p in self.PREFIXES if path.startswith(p)), None)
+        if prefix is None or admin:
+            return True
+        target = Path(unquote(path[len(prefix):]))
+        try:
+            resolved = target.resolve()
+        except (OSError, RuntimeError):
+            return False
+        if not resolved.is_relative_to(self.outputs):
+            return True
+        return self.owner_of(resolved) == user
+
+
+def login_page(target: str, user: str = "", failed: bool = False, problem: str = "", status: int | None = None,
+               retry: float = 0.0) -> HTMLResponse:
+    text = problem or ("Wrong user name or password." if failed else "")
+    message = f'<p class="err" role="alert">{html.escape(text)}</p>' if text else ""
     body = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Easel: sign in</title>
@@ -310,4 +442,5 @@ button{{padding:.6rem;border:0;border-radius:.4rem;background:#f97316;color:#fff
 <input type="hidden" name="next" value="{html.escape(target)}">
 <button type="submit">Sign in</button>
 </form></body></html>"""
-    return HTMLResponse(body, status_code=401 if failed else 200)
+    headers = {"Retry-After": str(int(retry) + 1)} if retry else None
+    return HTMLResponse(body, status_code=status or (401 if failed else 200), headers=headers)

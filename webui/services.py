@@ -15,13 +15,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 from webui.features import StyleLibrary, register_features
+from webui.features.travel import StoreFrames, TravelRequest, TravelVideo, resume_folder, run_travel, save_travel
 from webui.generation.builtins import register_builtins
 from webui.generation.engine import Engine, GenerationResult
 from webui.generation.extension_points import FeatureRegistry
+from webui.memory import release_freed_memory
+from webui.generation.noise import pick_seed
 from webui.generation.outpaint import OutpaintRequest, plan_box
 from webui.generation.requests import GenerationParams
 from webui.generation.zoom import ZoomRequest, ZoomVideo, run_zoom, save_zoom
 from webui.images.preview import Previewer
+from webui.images.owners import OwnerIndex
 from webui.images.store import ImageStore
 from webui.jobs.queue import Job, JobQueue
 from webui.models.catalog import Catalog, HashCache
@@ -41,7 +45,7 @@ log = logging.getLogger(__name__)
 VAE_CHOICES = (AUTOMATIC, NONE)
 # job kind -> the outputs folder its images are saved in
 OUTPUT_FOLDERS = {"txt2img": "txt2img-images", "img2img": "img2img-images", "outpaint": "outpaint-images"}
-JOB_KINDS = (*OUTPUT_FOLDERS, "zoom", "load")
+JOB_KINDS = (*OUTPUT_FOLDERS, "zoom", "travel", "load")
 
 
 @dataclass
@@ -83,7 +87,8 @@ class ModelLease:
 
 class Easel:
     def __init__(self, settings: Settings, manager: ModelManager, queue: JobQueue, engine: Engine,
-                 store: ImageStore, options: OptionRegistry | None = None, styles: StyleLibrary | None = None):
+                 store: ImageStore, options: OptionRegistry | None = None, styles: StyleLibrary | None = None,
+                 owners: OwnerIndex | None = None):
         self.settings = settings
         self.manager = manager
         self.queue = queue
@@ -92,6 +97,7 @@ class Easel:
         self.features: FeatureRegistry = engine.features
         self.options = options or OptionRegistry()
         self.styles = styles or StyleLibrary(settings.styles_files, settings.data_dir / "styles.csv")
+        self.owners = owners  # who made each output (the file routes check it when logins are on)
         self.vaes = VaeLibrary(settings.models_dir / "VAE", manager.catalog.hashes)
         self.previews = Previewer(settings.models_dir / "VAE-approx")
         self.speed = settings.speed
@@ -106,7 +112,7 @@ class Easel:
         for sub in ("Stable-diffusion", "VAE", "VAE-approx", "Lora", "embeddings"):
             (settings.models_dir / sub).mkdir(parents=True, exist_ok=True)
         hashes = HashCache(settings.cache_dir / "hashes.json")
-        catalog = Catalog(settings.checkpoint_dirs, hashes, settings.fallback_checkpoints)
+        catalog = Catalog(settings.checkpoint_dirs, hashes, settings.fallback_checkpoints, settings.follow_model_links)
         manager = ModelManager(
             catalog, settings.device, settings.dtype,
             device_budget=TierBudget(settings.models_on_device, settings.device_cache_gb),
@@ -125,12 +131,18 @@ class Easel:
             vae_exists=lambda name: any(name in (f.name, f.path.stem) for f in vaes.files()) or name in VAE_CHOICES,
         )
         engine = Engine(embeddings, LoraLibrary(settings.models_dir / "Lora", hashes), features, settings.nan_check)
-        store = ImageStore(settings.outputs_dir, hooks=features)
-        return cls(settings, manager, JobQueue(), engine, store, styles=styles)
+        owners = OwnerIndex(settings.cache_dir / "owners.sqlite")
+        logins = bool(settings.ui_credentials or settings.api_credentials)
+        store = ImageStore(settings.outputs_dir, hooks=[owners, features], private_names=logins)
+        store.remove_leftovers()  # temp files of a process that was killed mid-write
+        queue = JobQueue(max_queued=settings.limits.max_queued_jobs, after_each=release_freed_memory)
+        return cls(settings, manager, queue, engine, store, styles=styles, owners=owners)
 
     def close(self) -> None:
         self.queue.shutdown()
         self.manager.unload_all()
+        if self.owners is not None:
+            self.owners.close()
 
     # -- models ----------------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -166,18 +178,22 @@ class Easel:
             return None
 
     # -- jobs ------------------------------------------------------------------------------------
-    def submit(self, kind: str, request: Any, owner: str = "anonymous", save: bool = True) -> Job:
-        """Queue one job of `kind` (JOB_KINDS) for `owner`. Admission calls this after checking the
-        request; nothing else should (tests aside)."""
-        work: Callable[[Job, ModelLease], Any]
+    def submit(self, kind: str, request: Any, owner: str = "anonymous", save: bool = True,
+               work: float = 1.0) -> Job:
+        """Queue one job of `kind` (JOB_KINDS) for `owner`, costing `work` (megapixel-steps) in the queue's
+        fairness. Admission calls this after checking the request; nothing else should (tests aside).
+        TooManyJobs when the owner already has the server's maximum waiting."""
+        task: Callable[[Job, ModelLease], Any]
         if kind in ("txt2img", "img2img"):
-            work = self._generation(request, OUTPUT_FOLDERS[kind] if save else None)
+            task = self._generation(request, OUTPUT_FOLDERS[kind] if save else None)
         elif kind == "outpaint":
-            work = self._outpaint(request, OUTPUT_FOLDERS[kind] if save else None)
+            task = self._outpaint(request, OUTPUT_FOLDERS[kind] if save else None)
         elif kind == "zoom":
-            work = self._zoom(request)
+            task = self._zoom(request)
+        elif kind == "travel":
+            task = self._travel(request)
         elif kind == "load":
-            work = lambda job, lease: lease(request, None).info.title  # noqa: E731
+            task = lambda job, lease: lease(request, None).info.title  # noqa: E731
         else:
             raise ValueError(f"unknown job kind {kind!r}")
 
@@ -185,13 +201,16 @@ class Easel:
             lease = ModelLease(self, job)
             job.before_yield.append(lease.release)
             try:
-                return work(job, lease)
+                done = task(job, lease)
             finally:
                 lease.release()
+            if isinstance(done, SavedResult):  # keep what the owner can fetch, not the decoded inputs
+                done.result.request = done.result.request.without_images()
+            return done
 
         checkpoint = request if kind == "load" else request.checkpoint
         return self.queue.submit(Job(run=run, description=kind, owner=owner, previewer=self.previews.image,
-                                     checkpoint=self.checkpoint_key(checkpoint)))
+                                     checkpoint=self.checkpoint_key(checkpoint), work=work))
 
     def _save(self, job: Job, result: GenerationResult, folder: str | None) -> SavedResult:
         """The images under `folder` (grids, from a script, under `<kind>-grids`, as A1111 does)."""
@@ -230,6 +249,25 @@ class Easel:
             job.set_stage("writing the video")
             return save_zoom(result, self.store, job.owner)
         return work
+
+
+    def _travel(self, request: TravelRequest) -> Callable[[Job, ModelLease], Any]:
+        """A prompt-travel video: frames written as they are made under outputs/travel/DATE/NNNNN-SEED/,
+        then the mp4 beside them; an interrupted job writes the video of the frames it finished, and a
+        request naming that folder in `resume` goes on from them."""
+        def work(job: Job, lease: ModelLease) -> TravelVideo:
+            req = request.model_copy(update={"seed": pick_seed(request.seed)})  # the folder is named after it
+            folder = self.travel_folder(req.resume, job.owner) if req.resume else self.store.reserve("travel", req.seed)
+            model = lease(req.checkpoint, req.vae)
+            result = run_travel(self.engine, model, req, StoreFrames(self.store, folder, job.owner), job, lease)
+            job.set_stage("writing the video")
+            return save_travel(result, self.store, folder, job.owner)
+        return work
+
+    def travel_folder(self, name: str, owner: str) -> Path:
+        """An earlier travel job's frames folder, if it is the owner's (FieldError naming `resume` if not)."""
+        owner_of = self.owners.owner_of if self.owners is not None else (lambda path: None)
+        return resume_folder(self.store, name, owner, owner_of)
 
 
 def _exists(find: Callable[[str], Any], name: str) -> bool:

@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     paths.add_argument("--ckpt-dir", type=Path, default=None,
                        help="another folder to search for checkpoints, besides models/Stable-diffusion")
     paths.add_argument("--ckpt", type=str, default=None, help="checkpoint to select at start (title, name or hash)")
+    paths.add_argument("--follow-model-links", action="store_true",
+                       help="follow symbolic links in the model folders wherever they lead (default: only to "
+                            "places inside the model folders)")
     paths.add_argument("--styles-file", action="append", default=[], metavar="PATH",
                        help="styles CSV file(s) in A1111's format, globs allowed (repeatable; default: "
                             "DATA_DIR/styles.csv and DATA_DIR/styles*.csv)")
@@ -89,6 +92,10 @@ def add_limit_arguments(p: argparse.ArgumentParser) -> None:
     lim.add_argument("--max-job-work", type=float, default=Limits.max_job_work, metavar="MPS",
                      help="total work of one job in megapixel-steps: images × steps × width × height / 10⁶ "
                           f"(default {Limits.max_job_work:g}, e.g. 50 images of 512×512 at 150 steps)")
+    lim.add_argument("--max-travel-frames", type=int, default=Limits.max_travel_frames, metavar="N",
+                     help=f"frames of a prompt-travel video (default {Limits.max_travel_frames})")
+    lim.add_argument("--max-queued-jobs", type=int, default=Limits.max_queued_jobs, metavar="N",
+                     help=f"jobs one user may have waiting at once (default {Limits.max_queued_jobs})")
     lim.add_argument("--max-body-mb", type=float, default=Limits.max_body_bytes / 2**20, metavar="MB",
                      help=f"largest request body any route reads (default {Limits.max_body_bytes // 2**20})")
 
@@ -187,7 +194,8 @@ def public_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Limits:
-    """What one job may ask for (None = no limit). Checked by admission on every entry path."""
+    """What one job may ask for, and how many one owner may queue (None = no limit). Checked by admission
+    (and the queue, for max_queued_jobs) on every entry path."""
 
     max_steps: int | None = 150
     max_pixels: int | None = 2048 * 2048
@@ -195,18 +203,21 @@ class Limits:
     max_zoom_keyframes: int | None = 50
     max_job_work: float | None = 2000.0  # megapixel-steps: images × steps × width × height / 1e6
     max_body_bytes: int = 256 * 1024 * 1024
+    max_queued_jobs: int | None = 20  # per owner, waiting (the running one not counted)
+    max_travel_frames: int | None = 600
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Limits":
         def cap(value):
             return None if value is None or value <= 0 else value
         return cls(cap(args.max_steps), cap(args.max_pixels), cap(args.max_batch), cap(args.max_zoom_keyframes),
-                   cap(args.max_job_work), int(max(1.0, args.max_body_mb) * 2**20))
+                   cap(args.max_job_work), int(max(1.0, args.max_body_mb) * 2**20), cap(args.max_queued_jobs),
+                   cap(args.max_travel_frames))
 
     @classmethod
     def none(cls) -> "Limits":
         """No limits beyond the request types' own (a single user's machine)."""
-        return cls(None, None, None, None, None)
+        return cls(None, None, None, None, None, max_queued_jobs=None, max_travel_frames=None)
 
 
 @dataclass
@@ -231,6 +242,7 @@ class Settings:
     disable_extensions: bool = False
     disabled_extensions: tuple[str, ...] = ()
     styles_file: tuple[str, ...] = ()
+    follow_model_links: bool = False
     api: bool = False
     nowebui: bool = False
     ui_credentials: dict[str, str] = field(default_factory=dict, repr=False)
@@ -352,6 +364,7 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         disable_extensions=args.disable_extensions,
         disabled_extensions=tuple(args.disable_extension),
         styles_file=tuple(args.styles_file),
+        follow_model_links=args.follow_model_links,
         api=args.api or args.nowebui,
         nowebui=args.nowebui,
         ui_credentials=ui_credentials,

@@ -19,7 +19,7 @@ __all__ = ["ApiContext", "build_api_router", "build_canvas_router", "caller_depe
 
 
 def build_api_router(ctx: ApiContext) -> APIRouter:
-    router = APIRouter(max_body_size=ctx.easel.settings.limits.max_body_bytes)
+    router = APIRouter()
     router.include_router(sdapi_router(ctx))
     router.include_router(easel_router(ctx))
     return router

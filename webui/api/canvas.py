@@ -49,10 +49,6 @@ class CanvasJob(JobView):
 def to_request(body: CanvasGenerateBody) -> OutpaintRequest:
     """The typed job request; 422 naming `image` when it is not a PNG of exactly the box's size."""
     image = decode_image(body.image, "image")
-    try:
-        image.load()
-    except Exception as e:  # truncated or corrupt data that only fails on decoding
-        raise field_error("image", f"is not an image Easel can read ({type(e).__name__})") from None
     if image.size != (body.width, body.height):
         raise field_error("image", f"is {image.width}x{image.height} but the box is {body.width}x{body.height}")
     params = body.model_dump(exclude={"image", "save_images"})
@@ -69,8 +65,7 @@ def canvas_job(job: Job, position: int, with_images: bool = True) -> CanvasJob:
 
 
 def build_canvas_router(ctx: ApiContext) -> APIRouter:
-    router = APIRouter(prefix="/easel/v1/canvas", tags=["Outpaint canvas"], route_class=EaselRoute,
-                       max_body_size=ctx.easel.settings.limits.max_body_bytes)
+    router = APIRouter(prefix="/easel/v1/canvas", tags=["Outpaint canvas"], route_class=EaselRoute)
     CallerDep = Annotated[Caller, Depends(caller_dependency(ctx))]
     queue = ctx.easel.queue
 

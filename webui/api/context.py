@@ -2,8 +2,8 @@
 
 One `ApiContext` is built per app and closed over by the routes; nothing here is module-level state.
 The caller is the signed-in user when auth is on (the same owner name the web UI uses, so one
-person's UI and API jobs share one fair turn), otherwise the API client: its `X-Easel-Client` header,
-or its address. Every job goes through admission (webui/admission.py); a refusal there is a
+person's UI and API jobs share one fair turn), otherwise the API client: `client:<X-Easel-Client>` when
+it sends that header, else `addr:<its address>` (two name spaces, so a header cannot pose as an address). Every job goes through admission (webui/admission.py); a refusal there is a
 `FieldError`, which the routes answer with a 422 naming the field.
 """
 from __future__ import annotations
@@ -51,13 +51,14 @@ class ApiContext:
             user = self.gate.user_of(request)
             if user is None:  # only reachable if the AccessGuard was left out of the app
                 raise ApiError(401, "sign in with HTTP Basic auth")
-            return Caller(owner=user, user=user, admin=self.gate.accounts.is_admin(user))
+            admin = self.gate.accounts.is_admin(user)
+            return Caller(owner=user, user=user, admin=admin, manager=admin)
         if client_id is not None:
             if not CLIENT_ID.match(client_id):
                 raise ApiError(422, "1 to 64 letters, digits or ._:@-", "X-Easel-Client", location="header")
-            return Caller(owner=f"api:{client_id}")
+            return Caller(owner=f"client:{client_id}", manager=True)  # never the same as an address-based owner
         host = request.client.host if request.client else ANONYMOUS
-        return Caller(owner=f"api:{host}")
+        return Caller(owner=f"addr:{host}", manager=True)
 
     # -- jobs --------------------------------------------------------------------------------------
     def submit(self, kind: str, body: ApiGenerationRequest, caller: Caller) -> Submission:
@@ -65,6 +66,24 @@ class ApiContext:
         features = self.easel.features
         admitted = self.admission.submit(kind, body.core(features), caller, save=body.save_images)
         return Submission(admitted.job, body, admitted.checkpoint, body.ignored_fields(features) + admitted.ignored)
+
+    def shows_paths(self, caller: Caller) -> bool:
+        """Whether a caller may see server paths: an admin, or anyone on a private instance (no logins,
+        not --listen or --share)."""
+        settings = self.easel.settings
+        shared = (self.gate is not None and self.gate.enabled) or settings.listen or settings.share
+        return caller.admin or not shared
+
+    def path_for(self, path, caller: Caller) -> str:
+        """A server path as a caller may see it: whole (see shows_paths), else relative to the data dir
+        (or just the file name)."""
+        settings = self.easel.settings
+        if self.shows_paths(caller):
+            return str(path)
+        try:
+            return str(path.resolve().relative_to(settings.data_dir.resolve()))
+        except ValueError:
+            return path.name
 
     def visible_job(self, job_id: str, caller: Caller) -> Job:
         """A job the caller may see (their own; any for an admin). Others' are reported as missing."""

@@ -15,7 +15,9 @@ from starlette.concurrency import run_in_threadpool
 
 from fastapi.responses import FileResponse
 
-from webui.generation.zoom import ZoomRequest, ZoomVideo
+from webui.features.travel import TravelRequest
+from webui.generation.zoom import ZoomRequest
+from webui.images.video import SavedVideo
 
 from .context import ApiContext, Caller, caller_dependency, job_answer
 from .errors import ApiError, EaselRoute, InvalidFields, field_error, printable
@@ -31,6 +33,7 @@ _ZoomJobBody = create_model(
     init_image=(str | None, Field(None, description="base64 image to zoom from instead of a txt2img start")),
 )
 _ZOOM_BODY = _ZoomJobBody.model_json_schema(ref_template="#/components/schemas/{model}")
+_TRAVEL_BODY = TravelRequest.model_json_schema(ref_template="#/components/schemas/{model}")
 
 # The body is one of the kinds' models, picked by `kind` before validating, so errors name the field
 # as sent (a pydantic tagged union would put the tag in front of every error's location).
@@ -76,11 +79,27 @@ def easel_router(ctx: ApiContext) -> APIRouter:
             return ctx.admission.submit("zoom", request, caller).job
         return _accepted(await run_in_threadpool(admit))
 
+    @router.post("/travel", response_model=JobSubmitted, status_code=202,
+                 openapi_extra={"requestBody": {"required": True,
+                                                "content": {"application/json": {"schema": _TRAVEL_BODY}}}})
+    async def submit_travel(raw: Annotated[dict[str, Any], Body()], caller: CallerDep) -> JSONResponse:
+        """Queue a prompt-travel video: `{"keyframes": [{"prompt", "seed", "frames"}, …]}` (or `prompt`:
+        `a cat | a dog`) plus the txt2img fields and `fps`; poll GET /easel/v1/jobs/{id}, then fetch
+        GET /easel/v1/jobs/{id}/video. `frames` counts the frames from a keyframe up to the next; the video
+        ends on the last keyframe's own frame (sum of frames + 1 in all)."""
+        def admit():
+            try:
+                request = TravelRequest.model_validate(raw)
+            except ValidationError as e:
+                raise InvalidFields(e.errors(), prefix=("body",)) from None
+            return ctx.admission.submit("travel", request, caller).job
+        return _accepted(await run_in_threadpool(admit))
+
     @router.get("/jobs/{job_id}/video", response_class=FileResponse)
     def get_video(job_id: str, caller: CallerDep) -> FileResponse:
-        """The mp4 of a finished zoom job (an interrupted one has the keyframes it finished)."""
+        """The mp4 of a finished zoom or travel job (an interrupted one has the frames it finished)."""
         job = ctx.visible_job(job_id, caller)
-        video = job.result if isinstance(job.result, ZoomVideo) else None
+        video = job.result if isinstance(job.result, SavedVideo) else None
         if video is None or video.video is None or not video.video.is_file():
             raise ApiError(404, f"job {job_id!r} has no video (yet)")
         return FileResponse(video.video, media_type="video/mp4", filename=video.video.name)

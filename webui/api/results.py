@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as _dt
 import json
 import re
 from typing import Any
 
 from webui import __version__
+from webui.features.travel import TravelVideo
 from webui.generation.engine import GenerationResult
 from webui.generation.fields import described
 from webui.images.infotext import parse_infotext
+from webui.images.video import SavedVideo
 from webui.jobs.queue import Job, JobQueue
 from webui.models.errors import ModelError
 from webui.services import SavedResult
@@ -18,7 +21,7 @@ from webui.services import SavedResult
 from .context import Submission
 from .errors import ApiError
 from .images import encode_png
-from .schemas import GenerationResponse, JobStatus
+from .schemas import GenerationResponse, JobStatus, VideoInfo
 
 
 async def wait_for(job: Job, queue: JobQueue) -> None:
@@ -43,7 +46,7 @@ def failure_error(job: Job) -> ApiError:
     message = job.error or "generation failed"
     kind = job.error_type
     if kind is not None and issubclass(kind, ModelError):
-        return ApiError(422, message, "checkpoint")
+        return ApiError(422, message, kind.field)
     if kind is not None and issubclass(kind, ValueError) and (m := _FIELD_MESSAGE.match(message)):
         return ApiError(422, m.group(2), m.group(1))
     return ApiError(500, f"generation failed: {message}", error="GenerationFailed")
@@ -119,7 +122,19 @@ def saved_images(job: Job) -> list[tuple[Any, str, int]]:
 
 
 def encoded_images(job: Job) -> list[str]:
+    if isinstance(job.result, TravelVideo) and job.result.video is None:  # keyframe stills, on disk
+        return [base64.b64encode(path.read_bytes()).decode("ascii") for path in job.result.frame_paths]
     return [encode_png(image, text) for image, text, _ in saved_images(job)]
+
+
+def video_info(job: Job) -> VideoInfo | None:
+    video = job.result
+    if not isinstance(video, SavedVideo):
+        return None
+    travel = isinstance(video, TravelVideo)
+    return VideoInfo(url=f"/easel/v1/jobs/{job.id}/video" if video.video is not None else None,
+                     frames=video.frames, fps=video.fps, size=video.size, interrupted=video.interrupted,
+                     folder=video.folder if travel else None, resumed=video.resumed if travel else 0)
 
 
 def generation_response(submission: Submission) -> GenerationResponse:
@@ -151,6 +166,7 @@ def job_status(job: Job, queue: JobQueue, with_images: bool = True) -> JobStatus
         finished=job.finished,
         images=encoded_images(job) if finished and with_images else None,
         info=a1111_info(job) if finished and generation_result(job) is not None else None,
+        video=video_info(job) if finished else None,
     )
 
 

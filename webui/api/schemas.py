@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from abc import abstractmethod
 
-import math
 from copy import copy
 from typing import Any, ClassVar, Literal
 
@@ -25,53 +24,35 @@ from webui.generation.extension_points import FeatureRegistry
 from webui.generation.requests import GenerationParams, Img2ImgRequest, Txt2ImgRequest
 from webui.jobs.queue import JobState
 
-from .errors import InvalidFields, field_error
+from .errors import InvalidFields
 from .images import decode_image
 
 # -- requests --------------------------------------------------------------------------------------
 
 
-def _printable(key: Any) -> str:
-    return str(key).encode("utf-8", "backslashreplace").decode("utf-8")
+ECHO_LIMIT = 16 * 1024
 
 
-def json_problem(value: Any) -> str | None:
-    """Where parsed JSON holds what cannot be echoed back as JSON or written into a PNG: NaN or
-    ±Infinity (Python's parser accepts them) or a lone surrogate (legal as a JSON escape)."""
-    stack: list[tuple[str, Any]] = [("", value)]
-    while stack:
-        path, item = stack.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            return f"{path.lstrip('.') or 'body'}: NaN and Infinity are not JSON numbers"
-        if isinstance(item, str) and not _utf8_ok(item):
-            return f"{path.lstrip('.') or 'body'}: contains invalid Unicode (a lone surrogate)"
+def _json_size(value: Any, limit: int) -> int:
+    """The JSON size of a value, counted only up to a little over `limit` (a huge list is not serialised)."""
+    size, stack = 0, [value]
+    while stack and size <= limit:
+        item = stack.pop()
         if isinstance(item, dict):
-            for k, v in item.items():
-                if not _utf8_ok(str(k)):
-                    return f"{path.lstrip('.') or 'body'}: a key contains invalid Unicode (a lone surrogate)"
-                stack.append((f"{path}.{_printable(k)}", v))
-        elif isinstance(item, list):
-            stack.extend((f"{path}.{i}", v) for i, v in enumerate(item))
-    return None
-
-
-def _utf8_ok(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
+            stack.extend(item.keys())
+            stack.extend(item.values())
+            size += 2
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+            size += 2
+        else:
+            size += len(str(item)) + 3
+    return size
 
 
 class JsonSafe(BaseModel):
-    """Refuses, naming the field, values that would break the response or the PNG later."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _json_safe(cls, data: Any) -> Any:
-        if (problem := json_problem(data)) is not None:
-            raise ValueError(problem)
-        return data
+    """A body model of Easel's API. What cannot be echoed back as JSON or written into a PNG (NaN,
+    Infinity, lone surrogates) is refused before validation, off the event loop (EaselRoute)."""
 
 
 class A1111Fields(JsonSafe):
@@ -116,9 +97,16 @@ class A1111Fields(JsonSafe):
                 ignored.append(k)
         return sorted(ignored)
 
-    def echo(self) -> dict[str, Any]:
-        """The request as the response's `parameters` shows it."""
-        return self.model_dump(mode="json")
+    def echo(self, exclude: set[str] | None = None) -> dict[str, Any]:
+        """The request as the response's `parameters` shows it; a field Easel does not know that is larger
+        than ECHO_LIMIT is summarised, not sent back (an unknown field is echoed, not a megabyte of it)."""
+        extras = set(self.model_extra or {})
+        shown = self.model_dump(mode="json", exclude=(exclude or set()) | extras)
+        for key in extras:
+            value = self.model_extra[key]
+            size = _json_size(value, ECHO_LIMIT)
+            shown[key] = value if size <= ECHO_LIMIT else f"<not echoed: over {ECHO_LIMIT} bytes of JSON>"
+        return shown
 
 
 class ApiGenerationRequest(GenerationParams, A1111Fields):
@@ -191,10 +179,10 @@ class ApiImg2ImgRequest(Img2ImgParams, ApiGenerationRequest):  # type: ignore[mi
         extra = ["init_images[1:]"] if len(self.init_images) > 1 else []
         return sorted(super().ignored_fields(features) + extra)
 
-    def echo(self) -> dict[str, Any]:
+    def echo(self, exclude: set[str] | None = None) -> dict[str, Any]:
         if self.include_init_images:
-            return self.model_dump(mode="json")
-        return self.model_dump(mode="json", exclude={"init_images", "mask"}) | {"init_images": None, "mask": None}
+            return super().echo(exclude)
+        return super().echo({"init_images", "mask"} | (exclude or set())) | {"init_images": None, "mask": None}
 
     def images(self) -> tuple[Any, Any]:
         """The first init image and the mask (or None), decoded; 422 naming the field when either is not an
@@ -218,18 +206,8 @@ class ApiImg2ImgRequest(Img2ImgParams, ApiGenerationRequest):  # type: ignore[mi
             raise InvalidFields(errors, prefix=("body",)) from None
 
 
-_IMAGE_MODES = {"1", "L", "P", "RGB", "RGBA", "LA", "PA", "I", "I;16", "F", "CMYK", "YCbCr"}  # the engine reads these
-
-
 def _load(value: str, field: str) -> Any:
-    image = decode_image(value, field)
-    try:
-        image.load()
-        if image.mode not in _IMAGE_MODES:  # e.g. a LAB TIFF: RGB now, or a 422 rather than a failed job
-            image = image.convert("RGB")
-    except Exception as e:  # truncated or corrupt data that only fails when decoded, or an unusable mode
-        raise field_error(field, f"is not an image Easel can read ({type(e).__name__})") from None
-    return image
+    return decode_image(value, field)
 
 
 class EaselImg2ImgJob(ApiImg2ImgRequest):
@@ -425,14 +403,28 @@ class JobView(BaseModel):
     text: str = Field("", description="progress in words")
 
 
+class VideoInfo(BaseModel):
+    """A finished video job (infinite zoom, prompt travel)."""
+
+    url: str | None = Field(None, description="where to fetch the mp4; None when no frame was made")
+    frames: int
+    fps: int
+    size: tuple[int, int]
+    interrupted: bool
+    folder: str | None = Field(None, description="prompt travel: the frames' folder (what `resume` takes)")
+    resumed: int = Field(0, description="prompt travel: frames kept from the job resumed")
+
+
 class JobStatus(JobView):
     kind: str
     owner: str
     created: float
     started: float | None = None
     finished: float | None = None
-    images: list[str] | None = Field(None, description="base64 PNGs once the job has finished")
+    images: list[str] | None = Field(None, description="base64 PNGs once the job has finished (prompt travel "
+                                                       "with keyframes_only: the keyframes' stills)")
     info: dict[str, Any] | None = Field(None, description="as in /sdapi/v1/txt2img and img2img, once finished")
+    video: VideoInfo | None = Field(None, description="a video job's mp4, once finished")
 
 
 class JobList(BaseModel):

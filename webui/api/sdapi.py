@@ -25,7 +25,7 @@ from webui.images.store import read_infotext
 from webui.jobs.queue import Job, JobState
 
 from .context import ApiContext, Caller, Submission, caller_dependency
-from .errors import EaselRoute, printable
+from .errors import ApiError, EaselRoute, printable
 from .images import decode_image
 from .results import failure_error, generation_response, job_timestamp, preview_base64, wait_for
 from .schemas import (
@@ -108,29 +108,38 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
     def sd_models(caller: CallerDep) -> list[SDModelItem]:
         return [
             SDModelItem(title=c.title, model_name=c.model_name, hash=c.shorthash, sha256=c.sha256,
-                        filename=str(c.path), config=str(c.config_yaml) if c.config_yaml else None)
+                        filename=ctx.path_for(c.path, caller),
+                        config=ctx.path_for(c.config_yaml, caller) if c.config_yaml else None)
             for c in easel.manager.list()
         ]
 
+    def manager_only(caller: Caller) -> None:
+        if not caller.manager:
+            raise ApiError(403, "rescanning the model folders is an admin's action on this server")
+
     @router.post("/refresh-checkpoints")
     def refresh_checkpoints(caller: CallerDep) -> None:
-        """Rescan the checkpoint folders and the embeddings."""
+        """Rescan the checkpoint folders and the embeddings (an admin's action when logins are on)."""
+        manager_only(caller)
         easel.refresh()
 
     @router.post("/refresh-embeddings")
     def refresh_embeddings(caller: CallerDep) -> None:
         """Rescan models/embeddings."""
+        manager_only(caller)
         if easel.engine.embeddings is not None:
             easel.engine.embeddings.refresh()
 
     @router.post("/refresh-vae")
     def refresh_vae(caller: CallerDep) -> None:
         """Rescan models/VAE (Easel lists the folder afresh on every use, so this only checks it)."""
+        manager_only(caller)
         easel.vaes.files()
 
     @router.post("/refresh-loras")
     def refresh_loras(caller: CallerDep) -> None:
         """Rescan models/Lora (Easel lists the folder afresh on every use, so this only checks it)."""
+        manager_only(caller)
         if easel.engine.loras is not None:
             easel.engine.loras.files()
 
@@ -151,13 +160,13 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
     def sd_vae(caller: CallerDep) -> list[VaeItem]:
         """The files in models/VAE; `model_name` is what `sd_vae` (and `vae`) take, beside "Automatic" and
         "None"."""
-        return [VaeItem(model_name=f.name, filename=str(f.path)) for f in easel.vaes.files()]
+        return [VaeItem(model_name=f.name, filename=ctx.path_for(f.path, caller)) for f in easel.vaes.files()]
 
     @router.get("/loras", response_model=list[LoraItem])
     def loras(caller: CallerDep) -> list[LoraItem]:
         """The files in models/Lora, used in a prompt as <lora:name:weight>."""
         files = easel.engine.loras.files() if easel.engine.loras is not None else []
-        return [LoraItem(name=f.name, alias=f.name, path=str(f.path)) for f in files]
+        return [LoraItem(name=f.name, alias=f.name, path=ctx.path_for(f.path, caller)) for f in files]
 
     @router.get("/embeddings", response_model=Embeddings)
     def embeddings(caller: CallerDep) -> Embeddings:
@@ -258,7 +267,12 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
     @router.get("/cmd-flags", response_model=dict[str, Any])
     def cmd_flags(caller: CallerDep) -> dict[str, Any]:
         """The command-line flags, logins blanked."""
-        return dict(easel.settings.cmd_flags)
+        flags = dict(easel.settings.cmd_flags)
+        if not ctx.shows_paths(caller):  # server paths: admins only on a shared instance
+            for key in ("data_dir", "ckpt_dir", "gradio_auth_path", "styles_file"):
+                if flags.get(key):
+                    flags[key] = "<hidden>"
+        return flags
 
     return router
 

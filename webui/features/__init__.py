@@ -1,5 +1,6 @@
 """Easel's built-in features and scripts beyond the core, each on the extension points exactly as an
-extension's would be: hires fix, styles, dynamic prompts (features) and the X/Y/Z plot (a script).
+extension's would be: hires fix, styles, dynamic prompts, prompt travel's interpolation (features) and the
+X/Y/Z plot (a script).
 
 `register_features` adds them to a feature registry; it is given what they need to look up (the
 checkpoint catalog, the VAE and style listings, the wildcards folder) rather than the services.
@@ -14,6 +15,7 @@ from webui.generation.extension_points import FeatureRegistry
 from .dynamic_prompts import DynamicPrompts
 from .hires import HiresFix
 from .styles import StyleLibrary, Styles
+from .travel import PromptTravel
 from .xyz import XyzPlot
 
 __all__ = ["register_features", "StyleLibrary"]
@@ -27,6 +29,7 @@ def register_features(registry: FeatureRegistry, *, styles: StyleLibrary, wildca
     registry.add(HiresFix(checkpoint_exists, checkpoint_titles))
     registry.add(Styles(styles))
     registry.add(DynamicPrompts(wildcards))
+    registry.add(PromptTravel())  # active only in prompt-travel jobs, which carry its settings
     registry.add_script(XyzPlot({"checkpoint": checkpoint_exists, "vae": vae_exists,
                                  "style": lambda name: styles.get(name) is not None}))
     return registry

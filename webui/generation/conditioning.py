@@ -7,6 +7,8 @@
   (if within 20 tokens) to the next chunk; `BREAK` ends a chunk early.
 - Prompt editing and alternation: `webui.prompts` turns a prompt into a per-step schedule; every
   distinct text is encoded once, and `ScheduledConditioning.at(step)` picks the tensors for a step.
+  What is kept is bounded in bytes (cachetools' LRU, COND_CACHE_BYTES per cache): a prompt alternating
+  between hundreds of long texts re-encodes some of them rather than holding all of them.
 - Positive and negative conditioning of different lengths are padded with the encoding of an
   empty chunk, as A1111 does, so they can be batched for classifier-free guidance.
 - SDXL (`DualPromptEncoder`): both text encoders see the same chunks; their penultimate hidden
@@ -17,8 +19,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+from cachetools import LRUCache
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from webui.models.embeddings import Embedding, split_on_embeddings
@@ -27,6 +31,29 @@ from webui.prompts import get_learned_conditioning_prompt_schedules, parse_promp
 
 CHUNK_TOKENS = 75
 COMMA_BACKTRACK = 20
+COND_CACHE_BYTES = 128 * 2**20  # per cache (an encoder's texts; a schedule's steps, each side)
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.nbytes
+    if isinstance(value, tuple):
+        return sum(_nbytes(v) for v in value) or 1
+    return 1
+
+
+def tensor_cache() -> LRUCache:
+    """A cache of tensors (or tuples of them) holding at most COND_CACHE_BYTES."""
+    return LRUCache(maxsize=COND_CACHE_BYTES, getsizeof=_nbytes)
+
+
+def remember(cache: LRUCache, key: Any, value: Any) -> Any:
+    """Keep `value` under `key` if it fits the cache at all (one bigger than the whole cache is used once)."""
+    try:
+        cache[key] = value
+    except ValueError:
+        pass
+    return value
 
 
 @dataclass
@@ -59,8 +86,7 @@ class PromptEncoder:
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
         self.comma = tokenizer.convert_tokens_to_ids(",</w>")
-        self._cache: dict[str, torch.Tensor] = {}
-        self._pooled: dict[str, torch.Tensor | None] = {}
+        self._cache = tensor_cache()  # text -> (conditioning, pooled or None)
 
     # -- tokens --------------------------------------------------------------------------------
     def tokenize_fragments(self, texts: list[str]) -> list[list[int]]:
@@ -172,19 +198,21 @@ class PromptEncoder:
             handle.remove()
 
     @torch.no_grad()
+    def _encoded(self, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        found = self._cache.get(text)
+        if found is None:
+            parts = [self._encode_chunk(c) for c in self.chunks(text)]
+            # A1111: the pooled output is the first chunk's
+            found = remember(self._cache, text, (torch.cat([z for z, _ in parts], dim=1), parts[0][1]))
+        return found
+
     def encode(self, text: str) -> torch.Tensor:
         """[1, 77·n, width] conditioning for one prompt text."""
-        if text not in self._cache:
-            parts = [self._encode_chunk(c) for c in self.chunks(text)]
-            self._cache[text] = torch.cat([z for z, _ in parts], dim=1)
-            self._pooled[text] = parts[0][1]  # A1111: the pooled output of the first chunk
-        return self._cache[text]
+        return self._encoded(text)[0]
 
-    @torch.no_grad()
     def pooled(self, text: str) -> torch.Tensor | None:
         """[1, projection] pooled text embedding (encoders with a projection only), else None."""
-        self.encode(text)
-        return self._pooled[text]
+        return self._encoded(text)[1]
 
     @torch.no_grad()
     def empty_chunk(self) -> torch.Tensor:
@@ -238,8 +266,8 @@ class ScheduledConditioning:
         self.schedules = get_learned_conditioning_prompt_schedules(prompts, steps, hires_steps)
         self.is_static = all(len(s) == 1 for s in self.schedules)
         self.negative = negative
-        self._by_step: dict[tuple[str, ...], torch.Tensor] = {}
-        self._pooled: dict[tuple[str, ...], torch.Tensor | None] = {}
+        self._by_step = tensor_cache()  # (texts…, length) -> the batch's conditioning
+        self._pooled = tensor_cache()  # texts -> the batch's pooled embeddings (or None)
 
     def _zeroed(self, texts: tuple[str, ...]) -> bool:
         return self.negative and self.encoder.zero_empty_negative and all(t == "" for t in texts)
@@ -250,7 +278,8 @@ class ScheduledConditioning:
         if texts not in self._pooled:
             pooled = [self.encoder.pooled(t) for t in texts]
             out = None if any(p is None for p in pooled) else torch.cat(pooled, dim=0)
-            self._pooled[texts] = torch.zeros_like(out) if out is not None and self._zeroed(texts) else out
+            return remember(self._pooled, texts,
+                            torch.zeros_like(out) if out is not None and self._zeroed(texts) else out)
         return self._pooled[texts]
 
     def texts_at(self, step: int) -> tuple[str, ...]:
@@ -260,13 +289,15 @@ class ScheduledConditioning:
     def at(self, step: int, length: int | None = None) -> torch.Tensor:
         texts = self.texts_at(step)
         key = texts + (str(length),)
-        if key not in self._by_step:
+        found = self._by_step.get(key)
+        if found is None:
             conds = [self.encoder.encode(t) for t in texts]
             target = max([c.shape[1] for c in conds] + [length or 0])
             empty = self.encoder.empty_chunk()
-            out = torch.cat([pad_to_length(c, target, empty) for c in conds], dim=0)
-            self._by_step[key] = torch.zeros_like(out) if self._zeroed(texts) else out
-        return self._by_step[key]
+            padded = [pad_to_length(c, target, empty) for c in conds]
+            out = padded[0] if len(padded) == 1 else torch.cat(padded, dim=0)  # one prompt: no copy
+            found = remember(self._by_step, key, torch.zeros_like(out) if self._zeroed(texts) else out)
+        return found
 
     def max_length(self, steps: int) -> int:
         """The longest conditioning over all steps (so positive and negative can be padded alike)."""

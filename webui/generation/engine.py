@@ -248,8 +248,8 @@ class Engine:
         for text, negative in zip(prompts, negatives):
             stripped, found = extract_lora_tags(text)
             plain.append(stripped)
-            plain_negatives.append(extract_lora_tags(negative)[0])
-            uses.extend(u for u in found if u not in uses)
+            plain_negatives.append(extract_lora_tags(negative, "negative_prompt")[0])
+            uses.extend(u for u in found if all(u.name != seen.name for seen in uses))  # one per name
         loras = activate_loras(model, self.loras, uses) if self.loras is not None else []
         encoders = run.state.setdefault("encoders", {})
         key = (id(model), id(model.unet), tuple((u.name, u.weight) for u in uses))

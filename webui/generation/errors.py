@@ -1,15 +1,10 @@
-"""Errors a request can cause, naming the field at fault (the API turns them into a 422, the page into a
-message). Plain `ValueError("field: message")` is read the same way, for older code paths."""
+"""Errors a request can cause: FieldError names the field at fault (the API turns it into a 422, the page into a
+message); GenerationError is generation that ran but produced something unusable."""
 from __future__ import annotations
 
+from webui.errors import FieldError
 
-class FieldError(ValueError):
-    """Bad input in one field: `str(e)` is "field: message"."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+__all__ = ["FieldError", "GenerationError"]
 
 
 class GenerationError(RuntimeError):

@@ -53,10 +53,10 @@ class PartProgress:
     index: int
     count: int
     noun: str = "part"
+    label: str = ""  # what the stage says; default "<noun> <index + 1> of <count>"
 
-    @property
-    def label(self) -> str:
-        return f"{self.noun} {self.index + 1} of {self.count}"
+    def __post_init__(self) -> None:
+        self.label = self.label or f"{self.noun} {self.index + 1} of {self.count}"
 
     def on_step(self, step: int, total_steps: int, latents: torch.Tensor | None = None) -> None:
         self.sink.on_step(self.index * total_steps + step, self.count * total_steps, latents)

@@ -11,11 +11,13 @@ script that owns them validates them (webui/generation/extension_points.py).
 """
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from webui.images.decode import MAX_INPUT_PIXELS
 from webui.images.infotext import parse_infotext
 
 from . import masks as M
@@ -25,8 +27,19 @@ from .samplers import resolve_sampler, sampler_names, schedule_type_names
 MAX_BATCH_SIZE = 8
 MAX_BATCH_COUNT = 100
 MAX_SEED = 2**32 - 1
-MAX_IMAGE_PIXELS = 10000 * 10000
+MAX_IMAGE_PIXELS = MAX_INPUT_PIXELS  # one cap for every picture Easel is given
 MAX_PROMPT = 20000
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # all but tab and line ends
+
+
+def check_prompt(text: str) -> str:
+    """A prompt Easel can run and write into a PNG as it is: not too long, no control characters (a PNG
+    text chunk must not hold NUL, and none of them means anything in a prompt)."""
+    if len(text) > MAX_PROMPT:
+        raise ValueError(f"is longer than {MAX_PROMPT} characters")
+    if m := _CONTROL.search(text):
+        raise ValueError(f"holds the control character U+{ord(m.group()):04X} at position {m.start()}")
+    return text
 
 
 def _variation(r: "GenerationParams") -> bool:
@@ -92,9 +105,7 @@ class GenerationParams(BaseModel):
     @field_validator("prompt", "negative_prompt")
     @classmethod
     def _text(cls, v: str) -> str:
-        if len(v) > MAX_PROMPT:
-            raise ValueError(f"is longer than {MAX_PROMPT} characters")
-        return v
+        return check_prompt(v)
 
     @model_validator(mode="after")
     def _sampler(self) -> "GenerationParams":
@@ -107,6 +118,12 @@ class GenerationParams(BaseModel):
     @property
     def total_images(self) -> int:
         return self.batch_size * self.n_iter
+
+    def without_images(self) -> "GenerationParams":
+        """The request with its input pictures (init image, mask, canvas box) dropped: what a finished
+        job keeps, so a big upload is released when the job ends."""
+        pictures = {name: None for name in type(self).model_fields if isinstance(getattr(self, name), Image.Image)}
+        return self.model_copy(update=pictures) if pictures else self
 
 
 class Txt2ImgRequest(GenerationParams):

@@ -29,13 +29,14 @@ from PIL import Image, ImageOps
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from webui.images.store import ImageStore
+from webui.images.video import SavedVideo
 
 from . import masks as M
 from .noise import pick_seed
 from .fields import Param
 from .outpaint import OutpaintRequest, default_box_size, plan_box
 from .progress import NullProgress, PartProgress, ProgressSink, yield_turn
-from .requests import GenerationParams, Txt2ImgRequest
+from .requests import GenerationParams, Txt2ImgRequest, check_prompt
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ class ZoomRequest(GenerationParams):
     def _keys(cls, v: dict[int, str]) -> dict[int, str]:
         if any(k < 0 for k in v):
             raise ValueError("keyframe indexes start at 0")
+        for text in v.values():
+            check_prompt(text)
         return dict(sorted(v.items()))
 
     @model_validator(mode="after")
@@ -298,18 +301,11 @@ def first_keyframe(engine, model, req: ZoomRequest, progress: PartProgress) -> t
 
 # -- writing -----------------------------------------------------------------------------------------------
 @dataclass
-class ZoomVideo:
+class ZoomVideo(SavedVideo):
     """What a zoom job leaves behind: `NNNNN-SEED.mp4` and `NNNNN-SEED/keyframe-KKK.png` in one folder."""
 
-    video: Path | None
-    keyframe_paths: list[Path]
-    frames: int
-    fps: int
-    size: tuple[int, int]
-    keyframes: int
-    interrupted: bool
-    seconds: float
-    info: str
+    keyframe_paths: list[Path] = field(default_factory=list)
+    keyframes: int = 0
 
 
 def save_zoom(result: ZoomResult, store: ImageStore, owner: str | None = None) -> ZoomVideo:
@@ -318,11 +314,12 @@ def save_zoom(result: ZoomResult, store: ImageStore, owner: str | None = None) -
     req = result.request
     size = (result.geometry.width, result.geometry.height)
     if not result.keyframes:
-        return ZoomVideo(None, [], 0, req.fps, size, 0, True, result.seconds, "")
+        return ZoomVideo(None, 0, req.fps, size, True, result.seconds, "")
     target = store.reserve("zoom", req.seed)
     paths = [store.save(image, info or None, "zoom", owner=owner, folder=target, name=f"keyframe-{k:03d}")
              for k, (image, info) in enumerate(zip(result.keyframes, result.infotexts))]
     video = target.with_suffix(".mp4")
-    frames = store.save_video(result.frames(), video, req.fps, size)
-    return ZoomVideo(video, paths, frames, req.fps, size, len(result.keyframes), result.interrupted,
-                     result.seconds, result.infotexts[-1] if result.infotexts else "")
+    frames = store.save_video(result.frames(), video, req.fps, size, owner)
+    return ZoomVideo(video, frames, req.fps, size, result.interrupted, result.seconds,
+                     result.infotexts[-1] if result.infotexts else "", keyframe_paths=paths,
+                     keyframes=len(result.keyframes))

@@ -18,6 +18,7 @@ from typing import Any
 
 _PARAM = re.compile(r'\s*([\w][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
+_NEGATIVE_LINE = re.compile(r"^Negative prompt:", re.MULTILINE)
 
 
 def quote(value: Any) -> str:
@@ -39,7 +40,7 @@ def create_infotext(prompt: str, negative_prompt: str, params: dict[str, Any]) -
     from the requests' declarations); None values are left out."""
     fields = ", ".join(f"{k}: {quote(v)}" for k, v in params.items() if v is not None)
     lines = [prompt]
-    if negative_prompt:
+    if negative_prompt or _NEGATIVE_LINE.search(prompt):  # the reader splits at the last such line
         lines.append(f"Negative prompt: {negative_prompt}")
     lines.append(fields)
     return "\n".join(lines)
@@ -55,13 +56,14 @@ def parse_infotext(text: str) -> dict[str, Any]:
         lines = lines[:-1]
     else:
         params = []
-    prompt_lines, negative_lines, in_negative = [], [], False
-    for line in lines:
-        if line.startswith("Negative prompt:"):
-            in_negative = True
-            line = line[len("Negative prompt:"):].lstrip()
-        (negative_lines if in_negative else prompt_lines).append(line)
-    result["Prompt"] = "\n".join(prompt_lines).strip()
+    # the negative prompt starts at the last "Negative prompt:" line, so a prompt holding such a line
+    # (the writer then always writes the negative line) comes back whole
+    starts = [i for i, line in enumerate(lines) if line.startswith("Negative prompt:")]
+    split = starts[-1] if starts else len(lines)
+    negative_lines = lines[split:]
+    if negative_lines:
+        negative_lines[0] = negative_lines[0][len("Negative prompt:"):].removeprefix(" ")
+    result["Prompt"] = "\n".join(lines[:split]).strip()
     result["Negative prompt"] = "\n".join(negative_lines).strip()
     for key, value in params:
         value = value.strip()

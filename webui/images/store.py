@@ -17,6 +17,7 @@ import io
 import logging
 import os
 import re
+import secrets
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ def png_bytes(image: Image.Image, infotext: str | None) -> bytes:
     """The image encoded as PNG with its infotext (if any) in the `parameters` chunk."""
     info = PngImagePlugin.PngInfo()
     if infotext:
+        if "\x00" in infotext:  # the PNG spec forbids NUL in text; requests refuse it, so this is a bug
+            raise ValueError("the infotext holds a NUL character, which a PNG text chunk cannot carry")
         info.add_text("parameters", infotext)
     buf = io.BytesIO()
     image.save(buf, format="PNG", pnginfo=info)
@@ -83,11 +86,25 @@ class ImageStore:
     """Saves images and videos under one outputs folder; thread-safe."""
 
     def __init__(self, outputs_dir: Path, today: Callable[[], _dt.date] = _dt.date.today,
-                 hooks: SaveHooks | None = None):
+                 hooks: list[SaveHooks] | SaveHooks | None = None, private_names: bool = False):
         self.outputs_dir = Path(outputs_dir)
         self._today = today
         self._lock = threading.Lock()
-        self.hooks = hooks
+        self.hooks: list[SaveHooks] = list(hooks) if isinstance(hooks, (list, tuple)) else [hooks] if hooks else []
+        # with logins on, names get an unguessable part too (NNNNN-SEED-xxxxxxxx.png), beside the owner check
+        self.private_names = private_names
+
+    def remove_leftovers(self) -> int:
+        """Delete the temporary files a killed process left behind (`.tmp-*`); run at start."""
+        removed = 0
+        if self.outputs_dir.is_dir():
+            for path in self.outputs_dir.rglob(".tmp-*"):
+                try:
+                    path.unlink()
+                    removed += 1
+                except OSError:
+                    log.warning("could not remove the leftover %s", path)
+        return removed
 
     def folder(self, kind: str) -> Path:
         if not _NAME.fullmatch(kind):
@@ -104,23 +121,29 @@ class ImageStore:
         """Write one PNG and announce it. By default as the next `NNNNN-SEED.png` of the kind's dated
         folder; `folder` + `name` write a fixed name inside a folder from `reserve` (zoom keyframes)."""
         pending = PendingSave(image, infotext, kind, owner, seed)
-        if self.hooks is not None:
-            self.hooks.before_save(pending)
+        for hooks in self.hooks:
+            hooks.before_save(pending)
         data = png_bytes(pending.image, pending.infotext)
         if name is not None:
             if folder is None or not _NAME.fullmatch(name) or not folder.resolve().is_relative_to(self.outputs_dir.resolve()):
                 raise ValueError(f"bad output name {name!r}")
             path = self._write_new(folder, data, lambda _: f"{name}.png", single=True)
         else:
-            suffix = f"-{seed}" if seed is not None else ""
+            suffix = (f"-{seed}" if seed is not None else "") + self._secret()
             path = self._write_new(self.folder(kind), data, lambda n: f"{n:05d}{suffix}.png")
-        if self.hooks is not None:
-            try:
-                self.hooks.after_save(SavedImage(path, owner, kind, pending.infotext,
-                                                 parse_infotext(pending.infotext) if pending.infotext else {}))
-            except Exception:  # a listener's bug never loses the saved file or fails the job
-                log.exception("an after-save hook failed for %s", path)
+        self._announce(SavedImage(path, owner, kind, pending.infotext,
+                                  parse_infotext(pending.infotext) if pending.infotext else {}))
         return path
+
+    def _announce(self, saved: SavedImage) -> None:
+        for hooks in self.hooks:
+            try:
+                hooks.after_save(saved)
+            except Exception:  # a listener's bug never loses the saved file or fails the job
+                log.exception("an after-save hook failed for %s", saved.path)
+
+    def _secret(self) -> str:
+        return f"-{secrets.token_hex(4)}" if self.private_names else ""
 
     def reserve(self, kind: str, seed: int) -> Path:
         """A fresh `NNNNN-SEED` folder in the kind's dated folder (mkdir fails rather than reuse a name
@@ -130,15 +153,17 @@ class ImageStore:
         with self._lock:
             number = self._next_number(parent)
             while True:
-                target = parent / f"{number:05d}-{seed}"
+                target = parent / f"{number:05d}-{seed}{self._secret()}"
                 try:
                     target.mkdir()
                     return target
                 except FileExistsError:
                     number += 1
 
-    def save_video(self, frames: Iterable[Image.Image], path: Path, fps: int, size: tuple[int, int]) -> int:
-        """An mp4 at `path` (inside the outputs folder), written to a temporary name and renamed."""
+    def save_video(self, frames: Iterable[Image.Image], path: Path, fps: int, size: tuple[int, int],
+                   owner: str | None = None) -> int:
+        """An mp4 at `path` (inside the outputs folder), written to a temporary name and renamed; the
+        after-save event announces it too (a video: `path.suffix` says so, no infotext)."""
         if not path.resolve().parent.is_relative_to(self.outputs_dir.resolve()):
             raise ValueError(f"{path} is outside the outputs folder")
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
@@ -149,6 +174,7 @@ class ImageStore:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+        self._announce(SavedImage(path, owner, path.parent.parent.name, None, {}))
         return count
 
     def _write_new(self, folder: Path, data: bytes, name_for: Callable[[int], str], single: bool = False) -> Path:

@@ -2,6 +2,7 @@
 imageio-ffmpeg ships, frames streamed (a minute of 512×512 video is 1,800 frames, too many to hold)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -27,3 +28,17 @@ def write_video(frames: Iterable[Image.Image], path: Path, fps: int, size: tuple
     finally:
         writer.close()
     return count
+
+
+@dataclass
+class SavedVideo:
+    """What a video job leaves behind (the infinite zoom, prompt travel): the mp4 (None when no frame was
+    made), its frame count, rate and size, whether the job was cut short, and the last infotext."""
+
+    video: Path | None
+    frames: int
+    fps: int
+    size: tuple[int, int]
+    interrupted: bool
+    seconds: float
+    info: str

@@ -29,6 +29,8 @@ from typing import Any, Callable
 
 import torch
 
+from webui.errors import TooManyJobs
+
 log = logging.getLogger(__name__)
 
 
@@ -44,10 +46,11 @@ class JobState(str, Enum):
 class Job:
     """One unit of work and everything a client may ask about it."""
 
-    run: Callable[["Job"], Any]  # the work; receives the job as its progress sink
+    run: Callable[["Job"], Any] | None  # the work; receives the job as its progress sink (dropped once done)
     description: str = ""
     owner: str = "anonymous"
     checkpoint: str | None = None  # the checkpoint the job will load; None = whatever is loaded
+    work: float = 1.0  # what the job costs (megapixel-steps, from admission): fairness is counted in it
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     state: JobState = JobState.QUEUED
     step: int = 0
@@ -161,7 +164,14 @@ class Job:
 
 
 class FairOrder:
-    """Which queued job runs next: round-robin between owners, same-checkpoint jobs first within a round.
+    """Which queued job runs next: round-robin between owners, same-checkpoint jobs first within a round,
+    and turns counted in work.
+
+    Work: every owner's jobs add their cost to what the owner has been served. An owner that has been
+    served more than the least-served waiting owner's next job costs sits out until the others catch
+    up, so someone queueing huge jobs does not get the same share of turns as someone queueing small
+    ones. With jobs of equal cost this is plain round-robin. An owner who comes (back) starts level with
+    the least served, so idle time is not banked.
 
     Not thread-safe by itself; `JobQueue` holds its lock around every call. Kept apart from the
     queue so the policy can be tested, and the predicted order (`plan`) shown, without a worker.
@@ -170,6 +180,7 @@ class FairOrder:
     def __init__(self) -> None:
         self._queues: OrderedDict[str, deque[Job]] = OrderedDict()  # owner -> their jobs; order = rotation
         self._served: set[str] = set()  # owners who had their turn in the current round
+        self.work: dict[str, float] = {}  # owner -> work served while they have had jobs
         self.loaded: str | None = None  # checkpoint of the last job that named one
 
     def __len__(self) -> int:
@@ -179,7 +190,18 @@ class FairOrder:
         return job in self._queues.get(job.owner, ())
 
     def add(self, job: Job) -> None:
+        if job.owner not in self.work:  # (back) in line: level with the least served, no banked credit
+            self.work[job.owner] = min((self.work[o] for o in self._queues if o in self.work), default=0.0)
         self._queues.setdefault(job.owner, deque()).append(job)
+
+    def charge(self, owner: str, work: float) -> None:
+        """Count work done for an owner (a job started; its cost)."""
+        self.work[owner] = self.work.get(owner, 0.0) + work
+
+    def forget(self, owner: str) -> None:
+        """An owner with nothing queued or running leaves the accounting."""
+        if owner not in self._queues:
+            self.work.pop(owner, None)
 
     def remove(self, job: Job) -> bool:
         queue = self._queues.get(job.owner)
@@ -198,7 +220,7 @@ class FairOrder:
         away by a running job of theirs)."""
         queues = self._queues if exclude is None else OrderedDict((o, q) for o, q in self._queues.items()
                                                                   if o != exclude)
-        owner, new_round = self._next_owner(queues, self._served - {exclude}, self.loaded)
+        owner, new_round = self._next_owner(queues, self._served - {exclude}, self.loaded, self.work)
         if owner is None:
             return None
         if new_round:
@@ -210,14 +232,15 @@ class FairOrder:
             self._queues[owner] = queue  # re-inserted: the owner moves to the back of the rotation
         if job.checkpoint is not None:
             self.loaded = job.checkpoint
+        self.charge(owner, job.work)
         return job
 
     def plan(self) -> list[Job]:
         """All queued jobs in the order they will run if nothing else is submitted."""
         queues = OrderedDict((o, deque(q)) for o, q in self._queues.items())
-        served, loaded, order = set(self._served), self.loaded, []
+        served, loaded, order, work = set(self._served), self.loaded, [], dict(self.work)
         while True:
-            owner, new_round = self._next_owner(queues, served, loaded)
+            owner, new_round = self._next_owner(queues, served, loaded, work)
             if owner is None:
                 return order
             if new_round:
@@ -228,16 +251,20 @@ class FairOrder:
             if queue:
                 queues[owner] = queue
             loaded = job.checkpoint if job.checkpoint is not None else loaded
+            work[owner] = work.get(owner, 0.0) + job.work
             order.append(job)
 
     @staticmethod
     def _next_owner(
-        queues: OrderedDict[str, deque[Job]], served: set[str], loaded: str | None
+        queues: OrderedDict[str, deque[Job]], served: set[str], loaded: str | None, work: dict[str, float]
     ) -> tuple[str | None, bool]:
         """(owner whose turn it is, whether that starts a new round)."""
         owners = [o for o, q in queues.items() if q]
         if not owners:
             return None, False
+        least = min(owners, key=lambda o: work.get(o, 0.0))
+        allowance = work.get(least, 0.0) + queues[least][0].work  # more served than this: sit this one out
+        owners = [o for o in owners if work.get(o, 0.0) <= allowance]
         waiting = [o for o in owners if o not in served]
         new_round = not waiting
         candidates = owners if new_round else waiting
@@ -249,14 +276,20 @@ class FairOrder:
 
 
 class JobQueue:
-    """Fair queue with one worker thread (the one device's). Thread-safe."""
+    """Fair queue with one worker thread (the one device's). Thread-safe.
 
-    def __init__(self, name: str = "easel-worker", keep_finished: int = 200):
+    Each owner may have `max_queued` jobs waiting (None: any number); each keeps their last
+    `keep_finished` finished jobs, so no one's flood of jobs pushes another's results out."""
+
+    def __init__(self, name: str = "easel-worker", keep_finished: int = 50, max_queued: int | None = None,
+                 after_each: Callable[[], Any] | None = None):
         self._cond = threading.Condition()
         self._order = FairOrder()
         self._jobs: dict[str, Job] = {}
-        self._finished_order: deque[str] = deque()
+        self._finished: dict[str, deque[str]] = {}  # owner -> their finished job ids, oldest first
         self._keep_finished = keep_finished
+        self.max_queued = max_queued
+        self.after_each = after_each  # called on the worker after every job (Easel: give freed memory back)
         self._running: list[Job] = []  # the job running, and the one that gave it its turn (if any)
         self._closed = False
         self._worker = threading.Thread(target=self._work, name=name, daemon=True)
@@ -266,6 +299,11 @@ class JobQueue:
         with self._cond:
             if self._closed:
                 raise RuntimeError("the job queue is shut down")
+            if self.max_queued is not None:
+                waiting = sum(1 for j in self._order.jobs() if j.owner == job.owner)
+                if waiting >= self.max_queued:
+                    raise TooManyJobs(f"{waiting} of your jobs are already waiting (at most {self.max_queued} on "
+                                      "this server); wait for one to finish or interrupt one")
             self._jobs[job.id] = job
             self._order.add(job)
             self._cond.notify_all()
@@ -337,9 +375,14 @@ class JobQueue:
         job.state = state
         job.finished = time.time()
         job.latest_latents = None
-        self._finished_order.append(job.id)
-        while len(self._finished_order) > self._keep_finished:
-            self._jobs.pop(self._finished_order.popleft(), None)
+        job.run = None  # the work's closure holds the request and its decoded inputs: let them go
+        job.before_yield.clear()
+        mine = self._finished.setdefault(job.owner, deque())
+        mine.append(job.id)
+        while len(mine) > self._keep_finished:
+            self._jobs.pop(mine.popleft(), None)
+        if not any(j.owner == job.owner for j in self._running if j is not job):
+            self._order.forget(job.owner)
         job._mark_done()
 
     def _work(self) -> None:
@@ -389,3 +432,8 @@ class JobQueue:
         with self._cond:
             self._running.remove(job)
             self._finish(job, state)
+        if self.after_each is not None:
+            try:
+                self.after_each()
+            except Exception:
+                log.exception("the after-job step failed")

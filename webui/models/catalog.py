@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .checkpoint_io import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES
 from .errors import CheckpointNotFound
+from .files import walk
 
 CHECKPOINT_SUFFIXES = SAFETENSORS_SUFFIXES + (".ckpt",)
 DIFFUSERS_WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -121,6 +122,13 @@ class CheckpointInfo:
         yaml = self.path.with_suffix(".yaml")
         return yaml if not self.is_diffusers_folder and yaml.is_file() else None
 
+    def stamp(self) -> tuple | None:
+        """Size and modification time of each of its files (None when one is gone)."""
+        try:
+            return tuple((p.stat().st_size, p.stat().st_mtime_ns) for p in self.hash_files)
+        except OSError:
+            return None
+
     def aliases(self) -> set[str]:
         names = {self.title, self.name, self.model_name, os.path.splitext(self.name)[0], self.path.name}
         if self.sha256:
@@ -138,14 +146,12 @@ def _diffusers_weight_files(folder: Path) -> list[Path]:
     return files
 
 
-def scan_checkpoints(roots: list[Path]) -> list[CheckpointInfo]:
-    """Checkpoints found recursively under the roots, sorted by name; diffusers folders are not descended into."""
+def scan_checkpoints(roots: list[Path], anywhere: bool = False) -> list[CheckpointInfo]:
+    """Checkpoints found recursively under the roots, sorted by name; diffusers folders are not descended into.
+    Links are followed only within the roots, and link loops are walked once (webui/models/files.py)."""
     found: dict[Path, CheckpointInfo] = {}
     for root in roots:
-        if not root.is_dir():
-            continue
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            here = Path(dirpath)
+        for here, dirnames, filenames in walk(root, [Path("/")] if anywhere else roots):
             if "model_index.json" in filenames:
                 files = _diffusers_weight_files(here)
                 if files:
@@ -153,10 +159,9 @@ def scan_checkpoints(roots: list[Path]) -> list[CheckpointInfo]:
                     found.setdefault(here.resolve(), CheckpointInfo(here, rel, True, hash_files=files))
                 dirnames.clear()
                 continue
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for fn in sorted(filenames):
+            for fn in filenames:
                 p = here / fn
-                if p.suffix.lower() in CHECKPOINT_SUFFIXES and not fn.startswith("."):
+                if p.suffix.lower() in CHECKPOINT_SUFFIXES:
                     rel = p.relative_to(root).as_posix()
                     found.setdefault(p.resolve(), CheckpointInfo(p, rel, hash_files=[p]))
     return sorted(found.values(), key=lambda c: c.name.lower())
@@ -167,8 +172,10 @@ class Catalog:
     single files listed whatever the folders hold (the shipped demo model, when --data-dir is elsewhere);
     a checkpoint of the same name in the folders wins."""
 
-    def __init__(self, roots: list[Path], hash_cache: HashCache, fallbacks: list[Path] | None = None):
+    def __init__(self, roots: list[Path], hash_cache: HashCache, fallbacks: list[Path] | None = None,
+                 links_anywhere: bool = False):
         self.roots = roots
+        self.links_anywhere = links_anywhere  # --follow-model-links: links may lead outside the folders
         self.fallbacks = list(fallbacks or [])
         self._hashes = hash_cache
         self._lock = threading.Lock()
@@ -180,7 +187,7 @@ class Catalog:
         return self._hashes
 
     def refresh(self) -> list[CheckpointInfo]:
-        items = scan_checkpoints(self.roots)
+        items = scan_checkpoints(self.roots, self.links_anywhere)
         names = {i.name for i in items}
         items += [CheckpointInfo(p, p.name, fallback=True, hash_files=[p]) for p in self.fallbacks
                   if p.is_file() and p.name not in names]
@@ -196,9 +203,10 @@ class Catalog:
             return list(self._items)
 
     def ensure_hash(self, info: CheckpointInfo) -> CheckpointInfo:
-        if info.sha256 is None:
-            entry = self._hashes.get(info.hash_files)
-            info.sha256, info.legacy_hash = entry["sha256"], entry["legacy"]
+        """The checkpoint with the hashes of its files as they are now (the cache is keyed by size and
+        modification time, so this is a stat when nothing changed, a new hash when something did)."""
+        entry = self._hashes.get(info.hash_files)
+        info.sha256, info.legacy_hash = entry["sha256"], entry["legacy"]
         return info
 
     def find(self, name: str) -> CheckpointInfo:

@@ -47,19 +47,16 @@ def read_safetensors_metadata(path: Path) -> dict[str, str]:
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors, mapped from the file (no copy), with their pages read in file order.
+    """All tensors, copied out of the mapped file in the order they lie in it.
 
-    `load_file` maps the file lazily and the model would later touch the tensors in module order,
-    turning a cold read into thousands of small random reads (measured 2.5x slower than reading the
-    file straight through). Touching one byte per page in the order the tensors lie in the file
-    makes the OS read the file sequentially now; when the file is already cached it costs little."""
+    Copying, rather than using the mapping, makes the model own its memory: a file truncated or
+    overwritten while it is loaded can then neither crash Easel (SIGBUS on a vanished page) nor change
+    the weights of a model already in use. Copying in file order also makes the OS read the file
+    sequentially (the model would otherwise touch it in module order: thousands of small random reads,
+    measured 2.5x slower)."""
     header = _safetensors_header(path)
     sd = load_file(str(path), device="cpu")
-    for key in sorted(sd, key=lambda k: header[k]["data_offsets"][0]):
-        flat = sd[key].reshape(-1)
-        if flat.numel():
-            flat[:: max(1, 4096 // flat.element_size())].sum()
-    return sd
+    return {key: sd[key].clone() for key in sorted(sd, key=lambda k: header[k]["data_offsets"][0])}
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -79,8 +76,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _read_pickle(path: Path) -> dict:
+    """A .ckpt read into memory (never mapped: the model owns its weights, see _load_safetensors)."""
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise UnsafeCheckpoint(
             f"{path.name}: refused to load: this .ckpt needs Python objects beyond tensors to unpickle, "

@@ -18,6 +18,7 @@ import torch
 from .catalog import HashCache
 from .checkpoint_io import read_state_dict
 from .errors import ModelError
+from .files import files_in
 
 SUFFIXES = (".pt", ".safetensors", ".bin")
 
@@ -101,7 +102,7 @@ class EmbeddingLibrary:
     def refresh(self) -> None:
         with self._lock:
             loaded, skipped = {}, {}
-            files = sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in SUFFIXES) if self.folder.is_dir() else []
+            files = files_in(self.folder, SUFFIXES)
             for path in files:
                 stamp = (os.path.getsize(path), os.stat(path).st_mtime_ns)
                 cached = self._cache.get(path)

@@ -4,6 +4,14 @@
 class ModelError(Exception):
     """A checkpoint, VAE or other model file could not be used."""
 
+    field = "checkpoint"  # the request field an API error names
+
+
+class LoraNotFound(ModelError):
+    """A prompt's `<lora:name>` tag names no file in models/Lora."""
+
+    field = "prompt"
+
 
 class CheckpointNotFound(ModelError):
     """A request named a checkpoint that is not in the catalog."""

@@ -67,6 +67,7 @@ class LoadedModel:
     text_encoder_2: CLIPTextModelWithProjection | None = None  # SDXL's OpenCLIP bigG
     tokenizer_2: CLIPTokenizer | None = None
     speed_state: dict = field(default_factory=dict, repr=False)  # what webui.models.speed applied
+    stamp: tuple | None = None  # the files' sizes and times when loaded (a change on disk means reload)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -326,6 +327,15 @@ def predicts_v(unet: UNet2DConditionModel) -> bool:
     return bool((out - x[:, : out.shape[1]].float()).mean() < -1)
 
 
+def _own_memory(module: torch.nn.Module) -> None:
+    """Copy weights that may still be mapped from their files into the model's own memory, so a file
+    changed or truncated on disk while the model is loaded cannot reach it (checkpoint_io does the same
+    for single files)."""
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            tensor.data = tensor.data.clone()
+
+
 def load_diffusers_folder(info: CheckpointInfo, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     root = info.path
     common = {"local_files_only": True, "torch_dtype": dtype}
@@ -343,6 +353,9 @@ def load_diffusers_folder(info: CheckpointInfo, device: torch.device, dtype: tor
             tokenizer_2 = _folder_tokenizer(root / "tokenizer_2", OPENCLIP_PAD)
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise ModelError(f"{info.name}: not a loadable diffusers folder ({type(e).__name__}: {e})") from e
+    for module in (unet, vae, text_encoder, text_encoder_2):
+        if module is not None:
+            _own_memory(module)
     name = "sdxl" if xl else "sd2" if sd2 else "sd1"
     sched_file = root / "scheduler" / "scheduler_config.json"
     sched = _json(sched_file if sched_file.is_file() else CONFIG_DIRS[name] / "scheduler" / "scheduler_config.json")

@@ -17,7 +17,10 @@ from diffusers.utils.peft_utils import set_adapter_layers
 
 from .catalog import HashCache
 from .checkpoint_io import read_state_dict
-from .errors import ModelError
+from webui.errors import FieldError
+
+from .errors import LoraNotFound, ModelError
+from .files import files_in
 
 LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt")
 _TAG = re.compile(r"<(?:lora|lyco):([^:>]+)(?::([^:>]*))?(?::([^>]*))?>", re.IGNORECASE)
@@ -29,19 +32,22 @@ class LoraUse:
     weight: float
 
 
-def extract_lora_tags(prompt: str) -> tuple[str, list[LoraUse]]:
-    """The prompt without `<lora:…>` tags, and the LoRAs they name (A1111 strips them before encoding).
+def extract_lora_tags(prompt: str, field: str = "prompt") -> tuple[str, list[LoraUse]]:
+    """The prompt without `<lora:…>` tags, and the LoRAs they name, one use per name (A1111 strips them
+    before encoding; the same name twice adds its weights, as A1111's stacked networks do).
     `<lora:name>` means weight 1; a second number (A1111's `te:unet` form) gives the UNet its own weight,
-    which Easel folds into one weight (the first) for both."""
-    uses: list[LoraUse] = []
+    which Easel folds into one weight (the first) for both. FieldError (naming `field`) for a weight
+    that is not a number."""
+    weights: dict[str, float] = {}
     for m in _TAG.finditer(prompt):
         raw = (m.group(2) or "1").strip().removeprefix("te=")
         try:
             weight = float(raw) if raw else 1.0
         except ValueError:
-            raise ValueError(f"prompt: LoRA tag {m.group(0)!r} has a weight that is not a number") from None
-        uses.append(LoraUse(m.group(1).strip(), weight))
-    return _TAG.sub("", prompt), uses
+            raise FieldError(field, f"LoRA tag {m.group(0)[:80]!r} has a weight that is not a number") from None
+        name = m.group(1).strip()
+        weights[name] = weights.get(name, 0.0) + weight
+    return _TAG.sub("", prompt), [LoraUse(name, weight) for name, weight in weights.items()]
 
 
 @dataclass
@@ -57,18 +63,18 @@ class LoraLibrary:
     hashes: HashCache = field(default_factory=lambda: HashCache(None))
 
     def files(self) -> list[LoraFile]:
-        if not self.folder.is_dir():
-            return []
-        return [LoraFile(p.stem, p) for p in sorted(self.folder.rglob("*"))
-                if p.suffix.lower() in LORA_SUFFIXES and p.is_file()]
+        return [LoraFile(p.stem, p) for p in files_in(self.folder, LORA_SUFFIXES)]
 
-    def find(self, name: str) -> LoraFile:
-        for f in self.files():  # names resolve only through the listing: nothing outside the folder
+    def find(self, name: str, *, hashed: bool = True) -> LoraFile:
+        """The file a tag names (LoraNotFound if none), with its short hash unless `hashed` is False."""
+        files = self.files()
+        for f in files:  # names resolve only through the listing: nothing outside the folder
             if name in (f.name, f.path.name):
-                f.shorthash = self.hashes.sha256(f.path)[:12]
+                if hashed:
+                    f.shorthash = self.hashes.sha256(f.path)[:12]
                 return f
-        raise ModelError(f"LoRA {name!r} not found in {self.folder.name}/ "
-                         f"(available: {', '.join(f.name for f in self.files()) or 'none'})")
+        shown = ", ".join(f.name for f in files[:20]) + (", …" if len(files) > 20 else "")
+        raise LoraNotFound(f"LoRA {name[:80]!r} not found in {self.folder.name}/ (available: {shown or 'none'})")
 
 
 def _adapter(name: str) -> str:

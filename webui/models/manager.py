@@ -110,12 +110,21 @@ class ModelManager:
             key = self.key(info)
             started = time.perf_counter()
             found = self.cache.find(CHECKPOINT, key)
+            if found is not None and not found[0].pins and found[0].value.stamp != info.stamp():
+                # the file changed on disk since it was loaded (a new version copied over it): load it again,
+                # under its new hash, rather than keep labelling the old weights with a stale name
+                log.warning("%s changed on disk since it was loaded; loading it again", info.title)
+                self.cache.forget(CHECKPOINT, key)
+                found = None
             if found is not None:
                 model = self.cache.take(CHECKPOINT, key)
                 self.last_source = found[1]
                 if found[1] == "device":
                     return model
             else:
+                stamp = info.stamp()
+                if stamp is None:
+                    raise CheckpointNotFound(f"checkpoint {info.name!r} is gone from disk; press refresh")
                 self.catalog.ensure_hash(info)
                 incoming = info.path.stat().st_size if info.path.is_file() else 0  # estimate: the file's size
                 doomed = self._reusable(self.cache.doomed_by(incoming, CHECKPOINT))
@@ -127,6 +136,7 @@ class ModelManager:
                     self.last_source = "disk (weights-only swap)"
                 else:
                     self.last_source = "disk"
+                model.stamp = stamp
                 self.cache.put(CHECKPOINT, key, info.title, model, model_bytes(model), self._move)
             self.last_load_seconds = time.perf_counter() - started
             log.info("%s (%s, %s from %s) from %s in %.3fs", info.title, model.family.title,

@@ -17,6 +17,7 @@ from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from .catalog import HashCache
 from .checkpoint_io import read_state_dict
 from .errors import ModelError
+from .files import files_in
 
 VAE_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
 AUTOMATIC, NONE = "Automatic", "None"
@@ -35,10 +36,7 @@ class VaeLibrary:
         self.hashes = hashes or HashCache(None)
 
     def files(self) -> list[VaeFile]:
-        if not self.folder.is_dir():
-            return []
-        return [VaeFile(p.relative_to(self.folder).as_posix(), p)
-                for p in sorted(self.folder.rglob("*")) if p.suffix.lower() in VAE_SUFFIXES and p.is_file()]
+        return [VaeFile(p.relative_to(self.folder).as_posix(), p) for p in files_in(self.folder, VAE_SUFFIXES)]
 
     def choices(self) -> list[str]:
         return [AUTOMATIC, NONE] + [f.name for f in self.files()]

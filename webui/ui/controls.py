@@ -20,8 +20,9 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 from pydantic import BaseModel, ValidationError
 
-from webui.admission import Admission, Caller
+from webui.admission import Admission
 from webui.auth import Gate
+from webui.errors import TooManyJobs
 from webui.generation.extension_points import Feature
 from webui.generation.fields import Param, base_type, bounds, param_of
 from webui.generation.requests import GenerationParams, describe_validation_error, fields_from_infotext
@@ -30,7 +31,7 @@ from webui.jobs.queue import Job, JobState
 from webui.services import Easel
 
 from .styles import StylesRow
-from .widgets import error_html, progress_html, session_id
+from .widgets import error_html, progress_html, ui_caller
 
 POLL_SECONDS = 0.25
 SHARED_FIELDS = ("checkpoint", "vae")  # page-wide pickers, not per-tab controls
@@ -290,13 +291,6 @@ class ResultSlots:
         return values
 
 
-def ui_caller(request: gr.Request | None, gate: Gate | None) -> Caller:
-    """The page's caller: the signed-in user (the same owner their API jobs get), else the browser session."""
-    user = getattr(request, "username", None) if request is not None else None
-    admin = bool(gate is not None and gate.enabled and gate.accounts.is_admin(user))
-    return Caller(owner=session_id(request), user=user, admin=admin)
-
-
 @dataclass
 class JobRunner:
     """Admits a tab's request and streams its progress until the job ends; one job per session and tab."""
@@ -313,7 +307,7 @@ class JobRunner:
         except ValidationError as e:
             yield slots.only_progress(error_html(describe_validation_error(e)))
             return
-        except ValueError as e:  # FieldError from admission, or a tab's own check
+        except (ValueError, TooManyJobs) as e:  # FieldError from admission, a tab's own check, a full queue
             yield slots.only_progress(error_html(str(e)))
             return
         key = (caller.owner, kind)

@@ -8,8 +8,8 @@ import numpy as np
 from PIL import Image
 
 from webui.generation.builtins import round8
-
 from webui.generation.masks import to_rgb
+from webui.images.decode import open_image
 from webui.generation.requests import Img2ImgRequest
 
 from .controls import GenerationControls, JobRunner
@@ -20,11 +20,20 @@ MODES = ("img2img", "sketch", "inpaint", "inpaint_upload")
 SKETCH_COLOURS = ["#000000", "#ffffff", "#ff0000", "#00a000", "#0000ff", "#ffff00", "#ff8000", "#8000ff"]
 
 
+def picture(source: Any, field: str) -> Image.Image | None:
+    """An upload as a picture: Gradio hands over file paths, which are checked from their header before
+    they are decoded (webui/images/decode.py); pictures set by "send to" may already be images."""
+    if source is None or isinstance(source, Image.Image):
+        return source
+    return open_image(source, field)
+
+
 def mask_from_layers(value: dict | None) -> Image.Image | None:
     """The union of the editor's brush layers (any painted, non-transparent pixel) as an L mask."""
     if not value or not value.get("layers"):
         return None
-    alphas = [np.asarray(layer.convert("RGBA"))[..., 3] for layer in value["layers"] if layer is not None]
+    layers = [picture(layer, "mask") for layer in value["layers"] if layer is not None]
+    alphas = [np.asarray(layer.convert("RGBA"))[..., 3] for layer in layers]
     if not alphas:
         return None
     return Image.fromarray((np.maximum.reduce(alphas) > 0).astype(np.uint8) * 255, "L")
@@ -44,24 +53,24 @@ class Img2ImgTab:
             with gr.Column(scale=1):
                 with gr.Tabs(elem_id="mode_img2img") as self.mode_tabs:
                     with gr.Tab("img2img", id="img2img", elem_id="img2img_img2img_tab") as t0:
-                        self.init_image = gr.Image(label="Image for img2img", type="pil", image_mode=None,
+                        self.init_image = gr.Image(label="Image for img2img", type="filepath", image_mode=None,
                                                    format="png", sources=["upload", "clipboard"],
                                                    elem_id="img2img_image", height=420)
                     with gr.Tab("Sketch", id="sketch", elem_id="img2img_sketch_tab") as t1:
-                        self.sketch = gr.ImageEditor(label="Sketch", type="pil", format="png", elem_id="img2img_sketch",
+                        self.sketch = gr.ImageEditor(label="Sketch", type="filepath", format="png", elem_id="img2img_sketch",
                                                      brush=gr.Brush(colors=SKETCH_COLOURS, color_mode="defaults"),
                                                      sources=["upload", "clipboard"], height=420)
                     with gr.Tab("Inpaint", id="inpaint", elem_id="img2img_inpaint_tab") as t2:
                         self.inpaint = gr.ImageEditor(label="Image and mask: paint the area to regenerate",
-                                                      type="pil", format="png", elem_id="img2img_inpaint",
+                                                      type="filepath", format="png", elem_id="img2img_inpaint",
                                                       brush=gr.Brush(colors=[("#ffffff", 0.75)], color_mode="fixed",
                                                                      default_size=16),
                                                       eraser=gr.Eraser(default_size=16), layers=False,
                                                       sources=["upload", "clipboard"], height=420)
                     with gr.Tab("Inpaint upload", id="inpaint_upload", elem_id="img2img_inpaint_upload_tab") as t3:
-                        self.upload_image = gr.Image(label="Image", type="pil", image_mode=None, format="png",
+                        self.upload_image = gr.Image(label="Image", type="filepath", image_mode=None, format="png",
                                                      elem_id="img2img_upload_image")
-                        self.upload_mask = gr.Image(label="Mask (white = regenerate)", type="pil", image_mode=None,
+                        self.upload_mask = gr.Image(label="Mask (white = regenerate)", type="filepath", image_mode=None,
                                                     format="png", elem_id="img2img_upload_mask")
                 for tab, mode in zip((t0, t1, t2, t3), MODES):
                     tab.select(lambda m=mode: m, inputs=None, outputs=self.mode, api_name=False)
@@ -94,19 +103,20 @@ class Img2ImgTab:
             image.upload(self._size_of, inputs=image, outputs=[f["width"], f["height"]], api_name=False)
 
     @staticmethod
-    def _size_of(image: Image.Image | None):
-        if image is None:
+    def _size_of(path: str | None):
+        if path is None:
             return gr.skip(), gr.skip()
-        return round8(image.width), round8(image.height)
+        with Image.open(path) as image:  # the header is enough
+            return round8(image.width), round8(image.height)
 
     def images_for_mode(self, data: dict) -> tuple[Image.Image | None, Image.Image | None]:
         mode = data[self.mode]
         if mode == "sketch":
             value = data[self.sketch] or {}
-            return value.get("composite") or value.get("background"), None
+            return picture(value.get("composite") or value.get("background"), "init_image"), None
         if mode == "inpaint":
             value = data[self.inpaint] or {}
-            background = value.get("background")
+            background = picture(value.get("background"), "init_image")
             mask = mask_from_layers(value)
             if background is not None and mask is None:  # nothing painted: the request's own check says so
                 mask = Image.new("L", background.size, 0)
@@ -114,8 +124,8 @@ class Img2ImgTab:
         if mode == "inpaint_upload":
             if data[self.upload_mask] is None and data[self.upload_image] is not None:
                 raise ValueError("mask: upload a mask image (white = regenerate)")
-            return data[self.upload_image], data[self.upload_mask]
-        return data[self.init_image], None
+            return picture(data[self.upload_image], "init_image"), picture(data[self.upload_mask], "mask")
+        return picture(data[self.init_image], "init_image"), None
 
     def generate(self, data: dict, request: gr.Request):
         def build() -> Img2ImgRequest:

@@ -13,20 +13,23 @@ import gradio as gr
 
 from webui.admission import Admission
 from webui.auth import Gate
+from webui.errors import TooManyJobs
 from webui.extensions import UiServices
 from webui.extensions.loader import Extensions, write_disabled
 from webui.generation.outpaint import OutpaintParams
 from webui.generation.requests import Img2ImgRequest, Txt2ImgRequest
+from webui.features.travel import TravelRequest
 from webui.generation.zoom import ZoomRequest
 from webui.services import Easel
 
-from .controls import SHARED_FIELDS, GenerationControls, JobRunner, icon_button, ui_caller
+from .controls import SHARED_FIELDS, GenerationControls, JobRunner, icon_button
 from .img2img import Img2ImgTab
 from .outpaint import OutpaintTab
 from .pnginfo import PngInfoTab
 from .txt2img import Txt2ImgTab
-from .widgets import error_html, notice_html
-from .result_view import load_sent_image
+from .widgets import error_html, notice_html, ui_caller
+from .result_view import ResultView, load_sent_image
+from .travel import TravelTab
 from .zoom import ZoomTab
 
 log = logging.getLogger(__name__)
@@ -41,7 +44,8 @@ def pick(images: list, selected: int):
 def build_ui(easel: Easel, admission: Admission, gate: Gate | None = None,
              extensions: Extensions | None = None) -> gr.Blocks:
     runner = JobRunner(easel, admission, gate)
-    with gr.Blocks(title="Easel") as blocks:
+    # uploads and Gradio's copies of results live in its temp folder: files older than a day go, hourly
+    with gr.Blocks(title="Easel", delete_cache=(3600, 86400)) as blocks:
         default = easel.manager.default_checkpoint()
         with gr.Row(elem_id="quicksettings"):
             checkpoint = gr.Dropdown(
@@ -67,6 +71,9 @@ def build_ui(easel: Easel, admission: Admission, gate: Gate | None = None,
                 OutpaintTab(controls("outpaint", OutpaintParams)).build()
             with gr.Tab("Infinite zoom", id="zoom", elem_id="tab_zoom"):
                 ZoomTab(controls("zoom", ZoomRequest), runner).build()
+            with gr.Tab("Prompt travel", id="travel", elem_id="tab_travel"):
+                travel = TravelTab(controls("travel", TravelRequest), runner)
+                travel.build()
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 pnginfo = PngInfoTab()
                 pnginfo.build()
@@ -74,7 +81,7 @@ def build_ui(easel: Easel, admission: Admission, gate: Gate | None = None,
                 extension_tabs(extensions, runner, admission)
                 with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
                     extensions_tab(easel, extensions, gate)
-        wire_send_to(txt2img, img2img, pnginfo, tabs)
+        wire_send_to(txt2img, img2img, pnginfo, tabs, [travel.results])
         wire_checkpoint(easel, runner, checkpoint, vae, refresh, model_status, [txt2img.controls, img2img.controls])
     return blocks
 
@@ -109,7 +116,7 @@ def extensions_tab(easel: Easel, extensions: Extensions, gate: Gate | None) -> N
     status = gr.HTML(elem_id="extensions_status")
 
     def save(enabled: list[str], request: gr.Request):
-        if gate is not None and gate.enabled and not ui_caller(request, gate).admin:
+        if not ui_caller(request, gate).manager:
             return error_html("Only an admin can switch extensions on or off.")
         write_disabled(easel.settings.config_file, set(names) - set(enabled or []))
         return notice_html("Saved to config.json; restart Easel to apply.")
@@ -117,7 +124,8 @@ def extensions_tab(easel: Easel, extensions: Extensions, gate: Gate | None) -> N
     apply.click(save, inputs=switches, outputs=status, api_name=False)
 
 
-def wire_send_to(txt2img: Txt2ImgTab, img2img: Img2ImgTab, pnginfo: PngInfoTab, tabs: gr.Tabs) -> None:
+def wire_send_to(txt2img: Txt2ImgTab, img2img: Img2ImgTab, pnginfo: PngInfoTab, tabs: gr.Tabs,
+                 more: list[ResultView]) -> None:
     """Every gallery (and PNG Info) can send its image and parameters to txt2img, img2img or inpaint."""
     t_fields = [c for n, c in txt2img.controls.fields.items() if n not in SHARED_FIELDS]
     i_fields = [c for n, c in img2img.controls.fields.items() if n not in SHARED_FIELDS]
@@ -143,7 +151,7 @@ def wire_send_to(txt2img: Txt2ImgTab, img2img: Img2ImgTab, pnginfo: PngInfoTab, 
         return updates
 
     img_targets = i_fields + [img2img.init_image, img2img.inpaint, img2img.mode, img2img.mode_tabs, tabs]
-    for view in (txt2img.results, img2img.results):
+    for view in (txt2img.results, img2img.results, *more):
         src = [view.images, view.selected]
         view.send_txt2img.click(lambda imgs, sel: to_txt2img(pick(imgs, sel)), inputs=src,
                                 outputs=t_fields + [tabs], api_name=False)
@@ -164,7 +172,9 @@ def wire_checkpoint(easel: Easel, runner: JobRunner, checkpoint: gr.Dropdown, va
     job of this page's caller, in its fair turn, so the next Generate starts at once."""
     size_fields = [c.fields[n] for c in controls for n in ("width", "height")]
 
-    def on_refresh(current: str | None, current_vae: str | None):
+    def on_refresh(current: str | None, current_vae: str | None, request: gr.Request):
+        if not ui_caller(request, runner.gate).manager:
+            return gr.skip(), gr.skip(), error_html("Only an admin can rescan the model folders on this server.")
         easel.refresh()
         titles, vaes = easel.manager.titles(), easel.vaes.choices()
         value = current if current in titles else (titles[0] if titles else None)
@@ -177,7 +187,7 @@ def wire_checkpoint(easel: Easel, runner: JobRunner, checkpoint: gr.Dropdown, va
             return [gr.skip()] * (1 + len(size_fields))
         try:
             job = runner.admission.submit("load", name, ui_caller(request, runner.gate)).job
-        except ValueError as e:
+        except (ValueError, TooManyJobs) as e:
             return [error_html(str(e))] + [gr.skip()] * len(size_fields)
         job.wait()
         if job.error:

@@ -8,7 +8,7 @@ from webui.auth import Gate
 from webui.features.styles import Style, StyleLibrary
 from webui.generation.errors import FieldError
 
-from .widgets import error_html, notice_html
+from .widgets import error_html, notice_html, ui_caller
 
 ICON_APPLY = "Apply styles to prompt"
 
@@ -91,8 +91,4 @@ class StylesRow:
 
     def may_edit(self, request: gr.Request) -> bool:
         """Styles are the server's, shared by everyone: with logins, only admins change them."""
-        gate = self.gate
-        if gate is None or not gate.enabled:
-            return True
-        user = getattr(request, "username", None)
-        return gate.accounts.is_admin(user)
+        return ui_caller(request, self.gate).manager

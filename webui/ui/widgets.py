@@ -6,15 +6,29 @@ import html
 
 import gradio as gr
 
+from webui.admission import Caller
+from webui.auth import Gate
 from webui.images.store import png_bytes
 from webui.jobs.queue import Job, JobState
 
 
 def session_id(request: gr.Request | None) -> str:
-    """The browser session that owns a job (the authenticated user once auth is on)."""
+    """The browser session that owns a job (the authenticated user once auth is on). The page sends its
+    session hash itself, so it is namespaced: it can never name an API caller's owner (`addr:…`)."""
     if request is None:
         return "anonymous"
-    return getattr(request, "username", None) or request.session_hash or "anonymous"
+    user = getattr(request, "username", None)
+    if user:
+        return user
+    return f"session:{request.session_hash}" if request.session_hash else "anonymous"
+
+
+def ui_caller(request: gr.Request | None, gate: Gate | None) -> Caller:
+    """The page's caller: the signed-in user (the same owner their API jobs get), else the browser session."""
+    user = getattr(request, "username", None) if request is not None else None
+    logins = gate is not None and gate.enabled
+    admin = bool(logins and gate.accounts.is_admin(user))
+    return Caller(owner=session_id(request), user=user, admin=admin, manager=admin or not logins)
 
 
 def progress_html(job: Job, position: int = 0) -> str:

@@ -7,6 +7,7 @@ import gradio as gr
 
 from webui.generation.outpaint import default_box_size
 from webui.generation.zoom import ZoomRequest
+from webui.images.decode import open_image
 from webui.jobs.queue import Job
 
 from .controls import GenerationControls, JobRunner, ResultSlots
@@ -88,15 +89,16 @@ class ZoomTab:
         c.add("cfg_scale")
         c.add("seed", label="Seed (keyframe k uses seed + k)")
         c.pickers()
-        self.init_image = gr.Image(label="First image (optional; otherwise txt2img)", type="pil", format="png",
+        self.init_image = gr.Image(label="First image (optional; otherwise txt2img)", type="filepath", format="png",
                                    sources=["upload", "clipboard"], elem_id="zoom_init_image", height=200)
 
     def request_from(self, data: dict) -> ZoomRequest:
         values = self.controls.request_values(data)
         values["mask_width"] = values.get("mask_width") or None  # 0 = the default quarter
         prompts = prompts_from_table(data[self.prompts])
+        init = data[self.init_image]
         return ZoomRequest(**values, prompts=prompts, prompt=next(iter(prompts.values()), ""),
-                           init_image=data[self.init_image])
+                           init_image=open_image(init, "init_image").convert("RGB") if init else None)
 
     def generate(self, data: dict, request: gr.Request):
         yield from self.runner.run("zoom", lambda: self.request_from(data), request, self.slots)

@@ -13,7 +13,10 @@
   "use strict";
   const API = "/easel/v1/canvas";
   const GRID = 8;
-  const DB = { name: "easel", store: "canvas", key: "outpaint-state" };
+  // With logins, each sign-in gets its own storage key (the easel-storage cookie), so the next person on
+  // this browser never sees the previous one's canvas; sign-out also asks the browser to clear it all.
+  const SIGN_IN = (document.cookie.match(/(?:^|;\s*)easel-storage=([^;]+)/) || [])[1];
+  const DB = { name: "easel", store: "canvas", key: "outpaint-state" + (SIGN_IN ? ":" + SIGN_IN : "") };
   const POLL_MS = 300;
 
   const snap = (v) => Math.round(v / GRID) * GRID;
