@@ -30,6 +30,13 @@ install_reqs() {
   local torch_pin; torch_pin=$(grep -E '^torch==' requirements.txt | head -n1)
   "$PY" -m pip install -q --disable-pip-version-check "$torch_pin"
   "$PY" -m pip install -q --disable-pip-version-check "$torch_pin" -r "$req"
+  # torchvision (for spandrel's upscalers) only where a build for this torch exists: a CUDA-only wheel
+  # beside a CPU torch fails at import, and would break whatever else imports it
+  if ! "$PY" -c "import torchvision" >/dev/null 2>&1 && "$PY" -m pip show -q torchvision >/dev/null 2>&1; then
+    echo "launch.sh: this torchvision cannot be imported with this torch build; removing it (model upscalers" \
+         "will say why they are unavailable, the built-in ones work)"
+    "$PY" -m pip uninstall -y -q torchvision
+  fi
   echo "$want" > "$stamp"
 }
 

@@ -34,14 +34,14 @@ def free_port() -> int:
 
 @contextmanager
 def easel_server(data_dir: Path, *extra: str, timeout: float = 180, ready_path: str = "/",
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, script: Path | None = None):
     """Run `app.py` on a free port until the block ends; yields the base URL once `ready_path` answers
-    (a 401/403 counts: with logins on, every route refuses anonymous requests). Also used by
-    bench/api_load.py."""
+    (a 401/403 counts: with logins on, every route refuses anonymous requests). `script` runs instead of
+    app.py (tests/serve_with_spandrel.py). Also used by bench/api_load.py."""
     port = free_port()
     log = open(data_dir / "server.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "app.py"), "--data-dir", str(data_dir), "--port", str(port),
+        [sys.executable, str(script or ROOT / "app.py"), "--data-dir", str(data_dir), "--port", str(port),
          "--device", "cpu", *extra],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )

@@ -17,6 +17,9 @@ import torch  # noqa: E402
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 import webui  # noqa: E402,F401
+from spandrel_here import import_spandrel  # noqa: E402
+
+import_spandrel()  # before Easel asks whether it can (see tests/spandrel_here.py)
 from tiny_models import build_tiny_sd, write_ckpt, write_diffusers_folder, write_safetensors  # noqa: E402
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from webui.generation.conditioning import CHUNK_TOKENS, PromptEncoder, ScheduledConditioning
+from webui.generation.conditioning import PromptEncoder, ScheduledConditioning
 from webui.models.tokenizers import BOS_ID, EOS_ID, clean_text, encode, load_clip_tokenizer
 
 

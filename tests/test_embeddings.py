@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 from webui.generation.conditioning import PromptEncoder
 from webui.generation.requests import Txt2ImgRequest
 from webui.images.infotext import parse_infotext
-from webui.models.embeddings import EmbeddingLibrary, split_on_embeddings
+from webui.models.embeddings import split_on_embeddings
 from webui.models.tokenizers import load_clip_tokenizer
 
 FAST = dict(steps=2, width=64, height=64, seed=5, sampler_name="Euler", cfg_scale=5)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tiny_models import build_tiny_sd, write_ckpt, write_safetensors
+from tiny_models import write_ckpt, write_safetensors
 from webui.generation.requests import Txt2ImgRequest
 from webui.models.catalog import Catalog, HashCache
 from webui.models.errors import CheckpointNotFound, ModelError, UnsafeCheckpoint

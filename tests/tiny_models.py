@@ -6,7 +6,6 @@ the loader's size inference has to work exactly as it does for full-size checkpo
 """
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path

@@ -22,8 +22,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from PIL import Image
 from pydantic import BaseModel, ValidationError
 
+from webui.features.extras import ExtrasRequest, pictures_in
 from webui.features.travel import TravelRequest
 from webui.generation.builtins import img2img_size
 from webui.generation.errors import FieldError
@@ -31,7 +33,8 @@ from webui.generation.requests import GenerationParams, Img2ImgRequest
 from webui.generation.zoom import ZoomRequest
 from webui.jobs.queue import Job
 from webui.models.catalog import CheckpointInfo
-from webui.models.errors import CheckpointNotFound, LoraNotFound
+from webui.models.errors import CheckpointNotFound, LoraNotFound, ModelError
+from webui.models.merge import ADD_DIFFERENCE, NO_INTERPOLATION, MergeRecipe, MergeRequest, canonical_method
 from webui.models.lora import extract_lora_tags
 from webui.models.vae import AUTOMATIC, NONE
 from webui.options import CoreOptions, OptionsStore
@@ -39,6 +42,7 @@ from webui.services import Easel
 from webui.settings import Limits
 
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
+_PLAIN_NAME = re.compile(r"[\w][\w .\-]{0,150}")
 
 
 @dataclass(frozen=True)
@@ -185,6 +189,10 @@ class Admission:
         if kind == "load":
             info = self.resolve_checkpoint(request, "sd_model_checkpoint")
             return Admitted(None, info.name, info)  # type: ignore[arg-type]
+        if kind == "extras":
+            return self.prepare_extras(request, caller)
+        if kind == "merge":
+            return self.prepare_merge(request, caller)
         options = self.options.get(caller.owner)
         overrides = self._overrides(request)
         info = self.resolve_checkpoint(*_pick(request.checkpoint, "checkpoint", overrides, "sd_model_checkpoint",
@@ -200,8 +208,10 @@ class Admission:
                                                             if k not in CoreOptions.model_fields}
         resolved = self.easel.features.validate(request.model_copy(update=changes))
         self.check_loras(resolved)
-        if isinstance(resolved, TravelRequest) and resolved.resume:  # an earlier job's frames, the caller's own
-            self.easel.travel_folder(resolved.resume, caller.owner)
+        if isinstance(resolved, TravelRequest):
+            resolved = resolved.model_copy(update={"upscaler": self.upscaler(resolved.upscaler, "upscaler")})
+            if resolved.resume:  # an earlier job's frames, the caller's own
+                self.easel.travel_folder(resolved.resume, caller.owner)
         work = self.check_limits(kind, resolved, info)
         ignored = sorted(k for k in (getattr(request, "override_settings", {}) or {})
                          if k not in self.easel.options.model.model_fields)
@@ -213,6 +223,62 @@ class Admission:
         admitted = self.prepare(kind, request, caller)
         admitted.job = self.easel.submit(kind, admitted.request, caller.owner, save, work=admitted.work)
         return admitted
+
+    def prepare_extras(self, request: ExtrasRequest, caller: Caller) -> Admitted:
+        """Upscaler names resolved, a server folder checked (admins; allowed folders only), the number of
+        pictures within --max-batch."""
+        changes: dict[str, Any] = {"upscaler_1": self.upscaler(request.upscaler_1, "upscaler_1"),
+                                   "upscaler_2": self.upscaler(request.upscaler_2, "upscaler_2")}
+        if request.folder:
+            if not caller.manager:
+                raise FieldError("folder", "reading a folder on the server is an admin's action")
+            changes["images"] = pictures_in(self.easel.extras_folder(request.folder))
+        resolved = request.model_copy(update=changes)
+        if not resolved.images:
+            raise FieldError("images" if not request.folder else "folder", "no picture to process")
+        limit = self.limits.max_batch
+        if limit is not None and len(resolved.images) > limit:
+            raise FieldError("images", f"at most {limit} pictures per job on this server (got {len(resolved.images)})")
+        work = sum(_pixels(image) for image in resolved.images) * resolved.upscaling_resize ** 2 / 1e6
+        return Admitted(None, resolved, None, [], work)  # type: ignore[arg-type]
+
+    def prepare_merge(self, request: MergeRequest, caller: Caller) -> Admitted:
+        """The checkpoints resolved through the listing, the new file's name checked (a plain name, not
+        taken), the VAE found; an admin's action when logins are on (it writes into the model folder)."""
+        if not caller.manager:
+            raise FieldError("name", "merging checkpoints (writing into the model folder) is an admin's action")
+        try:
+            method = canonical_method(request.method)
+        except ModelError as e:
+            raise FieldError("method", str(e)) from None
+        a = self.resolve_checkpoint(request.primary, "primary")
+        b = self.resolve_checkpoint(request.secondary, "secondary") if method != NO_INTERPOLATION else None
+        c = self.resolve_checkpoint(request.tertiary, "tertiary") if method == ADD_DIFFERENCE else None
+        name = request.name.strip() or "_".join(
+            [a.model_name] + ([f"{b.model_name}_{round(request.multiplier, 2)}"] if b else []))
+        name = name.removesuffix(".safetensors")
+        if not _PLAIN_NAME.fullmatch(name):
+            raise FieldError("name", "use letters, digits, spaces and ._- only (no folders)")
+        output = self.easel.settings.checkpoint_dirs[0] / f"{name}.safetensors"
+        if output.exists():
+            raise FieldError("name", f"{output.name} already exists; choose another name")
+        vae = None
+        if request.bake_vae and request.bake_vae not in (AUTOMATIC, NONE):
+            try:
+                vae = self.easel.vaes.resolve(request.bake_vae, a.path)
+            except ModelError as e:
+                raise FieldError("bake_vae", str(e)) from None
+        recipe = MergeRecipe(a.path, b.path if b else None, c.path if c else None, method, request.multiplier,
+                             request.fp16, vae.path if vae else None,
+                             tuple(p.strip() for p in request.discard.split(",") if p.strip()))
+        return Admitted(None, (recipe, output), a, [], 0.0)  # type: ignore[arg-type]
+
+    def upscaler(self, name: str, field: str) -> str:
+        """An upscaler's own name (GET /sdapi/v1/upscalers lists them); FieldError naming `field` if none."""
+        try:
+            return self.easel.upscalers.resolve(name)
+        except ModelError as e:
+            raise FieldError(field, str(e)) from None
 
     def check_loras(self, request: GenerationParams) -> None:
         """Every `<lora:…>` tag written in the prompts names a file in models/Lora (FieldError naming the
@@ -287,6 +353,17 @@ class Admission:
         """A job the caller may see (their own; any for an admin), else None."""
         job = self.easel.queue.get(job_id)
         return job if job is not None and caller.may_see(job) else None
+
+
+def _pixels(image: Any) -> int:
+    """Pixels of a picture (or of a file's, from its header)."""
+    if isinstance(image, Image.Image):
+        return image.width * image.height
+    try:
+        with Image.open(image) as opened:
+            return opened.width * opened.height
+    except OSError:
+        return 0
 
 
 def _pick(value, field: str, overrides: dict, key: str, option, option_field: str) -> tuple[Any, str]:

@@ -14,7 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from webui.features import StyleLibrary, register_features
+from webui.errors import FieldError
+from webui.features.extras import run_extras
 from webui.features.travel import StoreFrames, TravelRequest, TravelVideo, resume_folder, run_travel, save_travel
 from webui.generation.builtins import register_builtins
 from webui.generation.engine import Engine, GenerationResult
@@ -34,7 +38,9 @@ from webui.models.errors import ModelError
 from webui.models.loader import LoadedModel, default_size_unloaded
 from webui.models.lora import LoraLibrary
 from webui.models.manager import ModelManager, TierBudget
+from webui.models.merge import MergeRecipe, merge_checkpoints
 from webui.models.speed import prepare as prepare_for_speed
+from webui.models.upscalers import UpscalerLibrary
 from webui.models.speed import xformers_problem
 from webui.models.vae import AUTOMATIC, NONE, VaeLibrary, apply_vae
 from webui.options import OptionRegistry
@@ -45,7 +51,7 @@ log = logging.getLogger(__name__)
 VAE_CHOICES = (AUTOMATIC, NONE)
 # job kind -> the outputs folder its images are saved in
 OUTPUT_FOLDERS = {"txt2img": "txt2img-images", "img2img": "img2img-images", "outpaint": "outpaint-images"}
-JOB_KINDS = (*OUTPUT_FOLDERS, "zoom", "travel", "load")
+JOB_KINDS = (*OUTPUT_FOLDERS, "zoom", "travel", "extras", "merge", "load")
 
 
 @dataclass
@@ -88,7 +94,7 @@ class ModelLease:
 class Easel:
     def __init__(self, settings: Settings, manager: ModelManager, queue: JobQueue, engine: Engine,
                  store: ImageStore, options: OptionRegistry | None = None, styles: StyleLibrary | None = None,
-                 owners: OwnerIndex | None = None):
+                 owners: OwnerIndex | None = None, upscalers: UpscalerLibrary | None = None):
         self.settings = settings
         self.manager = manager
         self.queue = queue
@@ -98,6 +104,7 @@ class Easel:
         self.options = options or OptionRegistry()
         self.styles = styles or StyleLibrary(settings.styles_files, settings.data_dir / "styles.csv")
         self.owners = owners  # who made each output (the file routes check it when logins are on)
+        self.upscalers = upscalers or upscaler_library(settings, manager)
         self.vaes = VaeLibrary(settings.models_dir / "VAE", manager.catalog.hashes)
         self.previews = Previewer(settings.models_dir / "VAE-approx")
         self.speed = settings.speed
@@ -109,7 +116,7 @@ class Easel:
 
     @classmethod
     def create(cls, settings: Settings) -> "Easel":
-        for sub in ("Stable-diffusion", "VAE", "VAE-approx", "Lora", "embeddings"):
+        for sub in ("Stable-diffusion", "VAE", "VAE-approx", "Lora", "embeddings", "ESRGAN"):
             (settings.models_dir / sub).mkdir(parents=True, exist_ok=True)
         hashes = HashCache(settings.cache_dir / "hashes.json")
         catalog = Catalog(settings.checkpoint_dirs, hashes, settings.fallback_checkpoints, settings.follow_model_links)
@@ -124,8 +131,9 @@ class Easel:
         embeddings.refresh()
         vaes = VaeLibrary(settings.models_dir / "VAE", hashes)
         styles = StyleLibrary(settings.styles_files, settings.data_dir / "styles.csv")
+        upscalers = upscaler_library(settings, manager)
         features = register_features(
-            register_builtins(FeatureRegistry()), styles=styles, wildcards=settings.wildcards_dir,
+            register_builtins(FeatureRegistry()), styles=styles, wildcards=settings.wildcards_dir, upscalers=upscalers,
             checkpoint_exists=lambda name: _exists(catalog.find, name),
             checkpoint_titles=lambda: [c.title for c in catalog.items()],
             vae_exists=lambda name: any(name in (f.name, f.path.stem) for f in vaes.files()) or name in VAE_CHOICES,
@@ -136,7 +144,7 @@ class Easel:
         store = ImageStore(settings.outputs_dir, hooks=[owners, features], private_names=logins)
         store.remove_leftovers()  # temp files of a process that was killed mid-write
         queue = JobQueue(max_queued=settings.limits.max_queued_jobs, after_each=release_freed_memory)
-        return cls(settings, manager, queue, engine, store, styles=styles, owners=owners)
+        return cls(settings, manager, queue, engine, store, styles=styles, owners=owners, upscalers=upscalers)
 
     def close(self) -> None:
         self.queue.shutdown()
@@ -192,6 +200,11 @@ class Easel:
             task = self._zoom(request)
         elif kind == "travel":
             task = self._travel(request)
+        elif kind == "merge":
+            task = self._merge(*request)  # (recipe, output) from admission
+        elif kind == "extras":
+            task = lambda job, lease: run_extras(request, self.upscalers, self.store if save else None,  # noqa: E731
+                                                 job.owner, job)
         elif kind == "load":
             task = lambda job, lease: lease(request, None).info.title  # noqa: E731
         else:
@@ -208,7 +221,7 @@ class Easel:
                 done.result.request = done.result.request.without_images()
             return done
 
-        checkpoint = request if kind == "load" else request.checkpoint
+        checkpoint = request if kind == "load" else getattr(request, "checkpoint", None)
         return self.queue.submit(Job(run=run, description=kind, owner=owner, previewer=self.previews.image,
                                      checkpoint=self.checkpoint_key(checkpoint), work=work))
 
@@ -259,15 +272,56 @@ class Easel:
             req = request.model_copy(update={"seed": pick_seed(request.seed)})  # the folder is named after it
             folder = self.travel_folder(req.resume, job.owner) if req.resume else self.store.reserve("travel", req.seed)
             model = lease(req.checkpoint, req.vae)
-            result = run_travel(self.engine, model, req, StoreFrames(self.store, folder, job.owner), job, lease)
+            result = run_travel(self.engine, model, req, StoreFrames(self.store, folder, job.owner), job, lease,
+                                self.upscalers)
             job.set_stage("writing the video")
             return save_travel(result, self.store, folder, job.owner)
         return work
+
+    def _merge(self, recipe: MergeRecipe, output: Path) -> Callable[[Job, ModelLease], Any]:
+        """A1111's checkpoint merger, as a job (it reads and writes gigabytes): tensor by tensor, stopping
+        between tensors when interrupted (nothing is left behind then); the new file is listed at once."""
+        def work(job: Job, lease: ModelLease) -> Path:
+            def progress(done: int, total: int) -> None:
+                job.on_step(done, total)
+                if job.should_stop():
+                    raise MergeInterrupted("interrupted")
+            job.set_stage(f"merging into {output.name}")
+            try:
+                made = merge_checkpoints(recipe, output, on_progress=progress,
+                                         sha256=self.manager.catalog.hashes.sha256)
+            except MergeInterrupted:
+                return None
+            self.manager.refresh()
+            return made
+        return work
+
+    def extras_folder(self, name: str) -> Path:
+        """A folder of pictures on the server for the Extras tab's batch: inside the data folder or one given
+        with --extras-folder (FieldError naming `folder` otherwise)."""
+        path = Path(name).expanduser()
+        path = (path if path.is_absolute() else self.settings.data_dir / path).resolve()
+        roots = [self.settings.data_dir.resolve(), *(Path(r).resolve() for r in self.settings.extras_folders)]
+        if not any(path.is_relative_to(root) for root in roots):
+            raise FieldError("folder", f"{name!r} is outside the data folder and the --extras-folder folders")
+        if not path.is_dir():
+            raise FieldError("folder", f"{name!r} is not a folder")
+        return path
 
     def travel_folder(self, name: str, owner: str) -> Path:
         """An earlier travel job's frames folder, if it is the owner's (FieldError naming `resume` if not)."""
         owner_of = self.owners.owner_of if self.owners is not None else (lambda path: None)
         return resume_folder(self.store, name, owner, owner_of)
+
+
+class MergeInterrupted(Exception):
+    pass
+
+
+def upscaler_library(settings: Settings, manager: ModelManager) -> UpscalerLibrary:
+    """The upscalers in A1111's folders, cached in the model manager's typed cache."""
+    return UpscalerLibrary(settings.models_dir, manager.get_model, settings.device,
+                           half=settings.dtype == torch.float16, tile=settings.upscaler_tile)
 
 
 def _exists(find: Callable[[str], Any], name: str) -> bool:

@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     paths.add_argument("--ckpt-dir", type=Path, default=None,
                        help="another folder to search for checkpoints, besides models/Stable-diffusion")
     paths.add_argument("--ckpt", type=str, default=None, help="checkpoint to select at start (title, name or hash)")
+    paths.add_argument("--extras-folder", action="append", default=[], metavar="DIR",
+                       help="a folder of pictures the Extras tab's batch may read, besides the data folder "
+                            "(repeatable; admins only when logins are on)")
     paths.add_argument("--follow-model-links", action="store_true",
                        help="follow symbolic links in the model folders wherever they lead (default: only to "
                             "places inside the model folders)")
@@ -70,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also cap the models kept in RAM by size")
     dev.add_argument("--skip-load-model-at-start", action="store_true",
                      help="do not load the default checkpoint at start; it loads on first use")
+    dev.add_argument("--upscaler-tile", type=int, default=0, metavar="PX",
+                     help="tile side for model upscalers (ESRGAN & co.); 0 = chosen from free memory (default)")
     dev.add_argument("--disable-nan-check", action="store_true",
                      help="do not stop when the UNet or VAE produces NaNs (the picture comes out black)")
     add_limit_arguments(p)
@@ -238,6 +243,8 @@ class Settings:
     ram_cache_gb: float | None = None
     skip_load_model_at_start: bool = False
     nan_check: bool = True
+    upscaler_tile: int = 0  # px; 0 = chosen from free memory
+    extras_folders: tuple[str, ...] = ()  # folders besides the data folder the Extras batch may read
     limits: Limits = field(default_factory=Limits)
     disable_extensions: bool = False
     disabled_extensions: tuple[str, ...] = ()
@@ -360,6 +367,8 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         ram_cache_gb=args.ram_cache_gb,
         skip_load_model_at_start=args.skip_load_model_at_start,
         nan_check=not args.disable_nan_check,
+        upscaler_tile=max(0, args.upscaler_tile),
+        extras_folders=tuple(args.extras_folder),
         limits=Limits.from_args(args),
         disable_extensions=args.disable_extensions,
         disabled_extensions=tuple(args.disable_extension),

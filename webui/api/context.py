@@ -97,6 +97,12 @@ ClientHeader = Annotated[str | None, Header(alias="X-Easel-Client", description=
     "without auth: names the client, so several clients on one machine get separate queues and options"))]
 
 
+def manager_only(caller: Caller) -> None:
+    """Refuse what changes what everyone shares (rescanning model folders …) unless the caller may."""
+    if not caller.manager:
+        raise ApiError(403, "rescanning the model folders is an admin's action on this server")
+
+
 def caller_dependency(ctx: ApiContext) -> Callable[..., Caller]:
     """The FastAPI dependency that names the caller of a route."""
     def caller(request: Request, client: ClientHeader = None) -> Caller:

@@ -259,10 +259,12 @@ class StyleItem(BaseModel):
 
 class UpscalerItem(BaseModel):
     name: str
-    model_name: str | None = None
+    model_name: str | None = Field(None, description="the folder (ESRGAN, RealESRGAN, SwinIR, …)")
     model_path: str | None = None
     model_url: str | None = None
-    scale: float | None = None
+    scale: float | None = Field(None, description="as the file's name states it (4x-…, …_x2…)")
+    available: bool = True
+    problem: str | None = Field(None, description="why a model upscaler cannot be used here")
 
 
 class ScriptList(BaseModel):

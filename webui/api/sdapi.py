@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pydantic import Field, create_model
 
-from webui.features.hires import LATENT_MODES, PIXEL_UPSCALERS
+from webui.features.hires import LATENT_MODES
 from webui.generation.fields import bounds
 from webui.generation.samplers import SAMPLERS, SCHEDULE_TYPES
 from webui.options import with_limits
@@ -24,8 +24,8 @@ from webui.images.infotext import parse_infotext
 from webui.images.store import read_infotext
 from webui.jobs.queue import Job, JobState
 
-from .context import ApiContext, Caller, Submission, caller_dependency
-from .errors import ApiError, EaselRoute, printable
+from .context import ApiContext, Caller, Submission, caller_dependency, manager_only
+from .errors import EaselRoute, printable
 from .images import decode_image
 from .results import failure_error, generation_response, job_timestamp, preview_base64, wait_for
 from .schemas import (
@@ -112,10 +112,6 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
                         config=ctx.path_for(c.config_yaml, caller) if c.config_yaml else None)
             for c in easel.manager.list()
         ]
-
-    def manager_only(caller: Caller) -> None:
-        if not caller.manager:
-            raise ApiError(403, "rescanning the model folders is an admin's action on this server")
 
     @router.post("/refresh-checkpoints")
     def refresh_checkpoints(caller: CallerDep) -> None:
@@ -219,8 +215,11 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
 
     @router.get("/upscalers", response_model=list[UpscalerItem])
     def upscalers(caller: CallerDep) -> list[UpscalerItem]:
-        """The pixel upscalers `hr_upscaler` takes besides the latent modes."""
-        return [UpscalerItem(name=name) for name in PIXEL_UPSCALERS]
+        """The upscalers (`hr_upscaler`, Extras, SD upscale): the built-ins, then the model files of
+        models/ESRGAN, RealESRGAN, SwinIR, DAT, HAT and ScuNET; `available` is false, with the reason,
+        where spandrel cannot be imported."""
+        return [UpscalerItem(**{**row, "model_path": ctx.path_for(row["model_path"], caller) if row["model_path"]
+                                else None}) for row in easel.upscalers.describe()]
 
     for path in ("/hypernetworks", "/face-restorers"):
         router.add_api_route(path, _empty_list, methods=["GET"], response_model=list[dict[str, Any]],

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Callable
 
 from webui.generation.extension_points import FeatureRegistry
+from webui.models.upscalers import UpscalerLibrary
 
 from .dynamic_prompts import DynamicPrompts
 from .hires import HiresFix
+from .sd_upscale import SdUpscale
 from .styles import StyleLibrary, Styles
 from .travel import PromptTravel
 from .xyz import XyzPlot
@@ -23,13 +25,14 @@ __all__ = ["register_features", "StyleLibrary"]
 
 def register_features(registry: FeatureRegistry, *, styles: StyleLibrary, wildcards: Path,
                       checkpoint_exists: Callable[[str], bool], checkpoint_titles: Callable[[], list[str]],
-                      vae_exists: Callable[[str], bool]) -> FeatureRegistry:
+                      vae_exists: Callable[[str], bool], upscalers: UpscalerLibrary | None = None) -> FeatureRegistry:
     """Hires fix, styles, dynamic prompts, in that order after the core (styles apply before the dynamic
     syntax in them is expanded), and the X/Y/Z plot."""
-    registry.add(HiresFix(checkpoint_exists, checkpoint_titles))
+    registry.add(HiresFix(checkpoint_exists, checkpoint_titles, upscalers))
     registry.add(Styles(styles))
     registry.add(DynamicPrompts(wildcards))
     registry.add(PromptTravel())  # active only in prompt-travel jobs, which carry its settings
+    registry.add_script(SdUpscale(upscalers))
     registry.add_script(XyzPlot({"checkpoint": checkpoint_exists, "vae": vae_exists,
                                  "style": lambda name: styles.get(name) is not None}))
     return registry

@@ -18,7 +18,6 @@ from typing import Annotated, Any, Callable
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from pydantic import BaseModel, Field, field_validator
 
 from webui.generation.engine import denoise_steps
@@ -28,6 +27,8 @@ from webui.generation.fields import Param
 from webui.generation.latents import InitLatents
 from webui.generation.requests import Txt2ImgRequest
 from webui.generation.samplers import resolve_sampler, sampler_names, schedule_type_names
+from webui.models.errors import ModelError
+from webui.models.upscalers import BUILTIN, UpscalerLibrary
 
 SAME_CHECKPOINT, SAME_SAMPLER, SAME_SCHEDULER = "Use same checkpoint", "Use same sampler", "Use same scheduler"
 # A1111's latent upscale modes: name -> (torch interpolation, antialias)
@@ -39,14 +40,11 @@ LATENT_MODES: dict[str, tuple[str, bool]] = {
     "Latent (nearest)": ("nearest", False),
     "Latent (nearest-exact)": ("nearest-exact", False),
 }
-# pixel upscalers that need no model; "None" resizes with Lanczos, as A1111's resize does
-PIXEL_UPSCALERS: dict[str, Image.Resampling] = {
-    "None": Image.Resampling.LANCZOS, "Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST,
-}
 
 
 def upscaler_names() -> list[str]:
-    return [*LATENT_MODES, *PIXEL_UPSCALERS]
+    """The choices known without looking at the model folders (the page asks the feature for all)."""
+    return [*LATENT_MODES, *BUILTIN]
 
 
 def _resizing(s: "HiresSettings") -> bool:
@@ -86,11 +84,11 @@ class HiresSettings(BaseModel):
     @field_validator("hr_upscaler")
     @classmethod
     def _upscaler(cls, v: str) -> str:
-        names = upscaler_names()
-        match = next((n for n in names if n.lower() == v.strip().lower()), None)
-        if match is None:
-            raise ValueError(f"unknown upscaler {v!r}; choose one of: {', '.join(names)}")
-        return match
+        """A latent mode or built-in by its own spelling; a model upscaler is checked by the feature,
+        which knows the folders (HiresFix.parse)."""
+        if not v.strip():
+            raise ValueError("choose a latent mode or an upscaler (GET /sdapi/v1/upscalers)")
+        return next((n for n in upscaler_names() if n.lower() == v.strip().lower()), v.strip())
 
     @field_validator("hr_sampler_name")
     @classmethod
@@ -133,17 +131,26 @@ class HiresFix(Feature):
     top_level = True
 
     def __init__(self, checkpoint_exists: Callable[[str], bool] | None = None,
-                 checkpoint_titles: Callable[[], list[str]] | None = None):
+                 checkpoint_titles: Callable[[], list[str]] | None = None, upscalers: UpscalerLibrary | None = None):
         self.checkpoint_exists = checkpoint_exists  # checks hr_checkpoint_name at admission
         self.checkpoint_titles = checkpoint_titles  # the page's dropdown of them
+        self.upscalers = upscalers or UpscalerLibrary()  # without one: the built-ins only
 
     def choices(self, field: str, tab: str) -> list[str] | None:
         if field == "hr_checkpoint_name" and self.checkpoint_titles is not None:
             return [SAME_CHECKPOINT, *self.checkpoint_titles()]
+        if field == "hr_upscaler":
+            return [*LATENT_MODES, *self.upscalers.names()]
         return None
 
     def parse(self, value: Any) -> BaseModel | None:
         settings = super().parse(value)
+        if settings.hr_upscaler not in LATENT_MODES:
+            try:
+                settings = settings.model_copy(update={"hr_upscaler": self.upscalers.resolve(settings.hr_upscaler)})
+            except ModelError:
+                raise FieldError("hr_upscaler", f"unknown upscaler {settings.hr_upscaler!r}; choose one of: "
+                                                f"{', '.join([*LATENT_MODES, *self.upscalers.names()])}") from None
         name = settings.hr_checkpoint_name
         if name not in (SAME_CHECKPOINT, "") and self.checkpoint_exists is not None and not self.checkpoint_exists(name):
             raise FieldError("hr_checkpoint_name", f"no checkpoint {name!r} (GET /sdapi/v1/sd-models lists them)")
@@ -176,6 +183,8 @@ class HiresFix(Feature):
         first = batch.model or run.model
         run.progress.set_stage("hires fix: upscaling")
         latents = self.upscale(run, first, latents, s.hr_upscaler, width, height)
+        if latents is None:  # interrupted while a model upscaler ran
+            return None
         model = first
         if s.hr_checkpoint_name not in (SAME_CHECKPOINT, ""):
             if run.models is None:
@@ -197,13 +206,23 @@ class HiresFix(Feature):
         batch.model = model
         return out
 
-    @staticmethod
-    def upscale(run: Run, model, latents: torch.Tensor, upscaler: str, width: int, height: int) -> torch.Tensor:
+    def upscale(self, run: Run, model, latents: torch.Tensor, upscaler: str, width: int,
+                height: int) -> torch.Tensor | None:
+        """Latent modes resize the latents; an upscaler decodes, upscales each picture (a model one tile by
+        tile, stopping between tiles when the job is interrupted) and encodes again, as A1111 does."""
         factor = model.vae_scale_factor
         if upscaler in LATENT_MODES:
             mode, antialias = LATENT_MODES[upscaler]
             return F.interpolate(latents, size=(height // factor, width // factor), mode=mode, antialias=antialias,
                                  **({"align_corners": False} if mode in ("bilinear", "bicubic") else {}))
         images = run.decode(latents, model)
-        resample = PIXEL_UPSCALERS[upscaler]
-        return run.encode([im.resize((width, height), resample) for im in images], model)
+        upscaled = []
+        for n, image in enumerate(images):
+            def on_tile(done: int, total: int, n: int = n) -> bool:
+                run.progress.set_stage(f"hires fix: {upscaler}, image {n + 1}, tile {done} of {total}")
+                return not run.progress.should_stop()
+            made = self.upscalers.upscale(upscaler, image, (width, height), on_tile)
+            if made is None:
+                return None
+            upscaled.append(made)
+        return run.encode(upscaled, model)

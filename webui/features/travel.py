@@ -39,7 +39,7 @@ from webui.images.store import ImageStore, read_infotext
 from webui.images.video import SavedVideo
 from webui.models.lora import extract_lora_tags
 
-from .hires import PIXEL_UPSCALERS
+from webui.models.upscalers import BUILTIN, UpscalerLibrary
 
 NAME = "prompt travel"
 EASINGS: dict[str, Callable[[float], float]] = {
@@ -86,20 +86,13 @@ class TravelRequest(GenerationParams):
                       Param("Easing", ui="radio")] = "linear"
     loop: Annotated[bool, Field(description="travel back from the last keyframe to the first"),
                     Param("Loop back to the first keyframe")] = False
-    upscaler: Annotated[str, Field(description="resize the frames with this upscaler (None: keep the size)"),
-                        Param("Upscale frames with", ui="dropdown",
-                                                              options=lambda: list(PIXEL_UPSCALERS))] = "None"
+    upscaler: Annotated[str, Field(description="upscale the frames with this upscaler (GET /sdapi/v1/upscalers; "
+                                               "None: keep the size)"),
+                        Param("Upscale frames with", ui="dropdown", options=lambda: list(BUILTIN))] = "None"
     upscale_by: Annotated[float, Field(ge=1.0, le=4.0), Param("Upscale by", step=0.25)] = 2.0
     keyframes_only: bool = Field(False, description="make only each keyframe's still (cheap previews), no video")
     resume: str | None = Field(None, description="the `folder` of an earlier job of yours with the same "
                                                  "request: its frames are kept, the rest are made")
-
-    @field_validator("upscaler")
-    @classmethod
-    def _upscaler(cls, v: str) -> str:
-        if v not in PIXEL_UPSCALERS:
-            raise ValueError(f"must be one of {', '.join(PIXEL_UPSCALERS)}")
-        return v
 
     @model_validator(mode="after")
     def _stops(self) -> "TravelRequest":
@@ -322,7 +315,7 @@ def frame_request(req: TravelRequest, seeds: list[int], frames: list[FramePlan])
 
 
 def run_travel(engine, model, request: TravelRequest, sink: FrameSink, progress: ProgressSink | None = None,
-               models: Callable | None = None) -> TravelResult:
+               models: Callable | None = None, upscalers: UpscalerLibrary | None = None) -> TravelResult:
     """Make the frames (the engine samples them, `batch_size` at a time), writing each to `sink`; frames an
     earlier job of the same plan left are kept (`request.resume`). Stops early when told to, keeping
     what is done; between batches other owners' jobs may run (`models` gives the model back)."""
@@ -337,7 +330,7 @@ def run_travel(engine, model, request: TravelRequest, sink: FrameSink, progress:
     batches = [todo[i:i + req.batch_size] for i in range(0, len(todo), req.batch_size)]
     paths: dict[int, Path] = dict(done)
     for n, frames in enumerate(batches):
-        if n > 0 and yield_turn(progress) and models is not None:
+        if n > 0 and yield_turn(progress) and models is not None:  # (also after an upscale cut short: stops)
             model = models(req.checkpoint, req.vae)
         if progress.should_stop():
             break
@@ -349,7 +342,10 @@ def run_travel(engine, model, request: TravelRequest, sink: FrameSink, progress:
         for f, image, info in zip(frames, out.images, out.infotexts):
             if req.upscaler != "None":
                 size = (round(image.width * req.upscale_by), round(image.height * req.upscale_by))
-                image = image.resize(size, PIXEL_UPSCALERS[req.upscaler])
+                image = (upscalers or UpscalerLibrary()).upscale(req.upscaler, image, size,
+                                                                 lambda done, total: not progress.should_stop())
+                if image is None:  # interrupted between tiles
+                    break
             paths[f.index] = sink.save(image, info, f.index)
             result.infotexts.append(info)
     # the frames in order, up to the first one missing (a video never skips a frame)

@@ -89,8 +89,11 @@ def _read_pickle(path: Path) -> dict:
 
 
 def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
+    # nested under `state_dict` (SD checkpoints), `params_ema` or `params` (Real-ESRGAN's training wrapper)
+    for key in ("state_dict", "params_ema", "params"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
     if not isinstance(obj, dict) or not obj:
         raise ModelError(f"{path.name}: holds no tensors; not a model checkpoint")
     tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}

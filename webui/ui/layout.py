@@ -29,6 +29,8 @@ from .pnginfo import PngInfoTab
 from .txt2img import Txt2ImgTab
 from .widgets import error_html, notice_html, ui_caller
 from .result_view import ResultView, load_sent_image
+from .extras import ExtrasTab
+from .merger import MergerTab
 from .travel import TravelTab
 from .zoom import ZoomTab
 
@@ -67,6 +69,9 @@ def build_ui(easel: Easel, admission: Admission, gate: Gate | None = None,
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
                 img2img = Img2ImgTab(controls("img2img", Img2ImgRequest), runner)
                 img2img.build()
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+                extras = ExtrasTab(runner)
+                extras.build()
             with gr.Tab("Outpaint", id="outpaint", elem_id="tab_outpaint"):
                 OutpaintTab(controls("outpaint", OutpaintParams)).build()
             with gr.Tab("Infinite zoom", id="zoom", elem_id="tab_zoom"):
@@ -77,11 +82,13 @@ def build_ui(easel: Easel, admission: Admission, gate: Gate | None = None,
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 pnginfo = PngInfoTab()
                 pnginfo.build()
+            with gr.Tab("Checkpoint Merger", id="modelmerger", elem_id="tab_modelmerger"):
+                MergerTab(runner, checkpoint).build()
             if extensions is not None:
                 extension_tabs(extensions, runner, admission)
                 with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
                     extensions_tab(easel, extensions, gate)
-        wire_send_to(txt2img, img2img, pnginfo, tabs, [travel.results])
+        wire_send_to(txt2img, img2img, pnginfo, tabs, [travel.results], extras)
         wire_checkpoint(easel, runner, checkpoint, vae, refresh, model_status, [txt2img.controls, img2img.controls])
     return blocks
 
@@ -125,7 +132,7 @@ def extensions_tab(easel: Easel, extensions: Extensions, gate: Gate | None) -> N
 
 
 def wire_send_to(txt2img: Txt2ImgTab, img2img: Img2ImgTab, pnginfo: PngInfoTab, tabs: gr.Tabs,
-                 more: list[ResultView]) -> None:
+                 more: list[ResultView], extras: ExtrasTab) -> None:
     """Every gallery (and PNG Info) can send its image and parameters to txt2img, img2img or inpaint."""
     t_fields = [c for n, c in txt2img.controls.fields.items() if n not in SHARED_FIELDS]
     i_fields = [c for n, c in img2img.controls.fields.items() if n not in SHARED_FIELDS]
@@ -151,6 +158,13 @@ def wire_send_to(txt2img: Txt2ImgTab, img2img: Img2ImgTab, pnginfo: PngInfoTab, 
         return updates
 
     img_targets = i_fields + [img2img.init_image, img2img.inpaint, img2img.mode, img2img.mode_tabs, tabs]
+
+    def to_extras(item):
+        image = item if isinstance(item, str) else load_sent_image(item)[0]  # a saved file keeps its infotext
+        return {extras.image: image, extras.source: "single", extras.sources: gr.Tabs(selected="single"),
+                tabs: gr.Tabs(selected="extras")}
+
+    extras_targets = [extras.image, extras.source, extras.sources, tabs]
     for view in (txt2img.results, img2img.results, *more):
         src = [view.images, view.selected]
         view.send_txt2img.click(lambda imgs, sel: to_txt2img(pick(imgs, sel)), inputs=src,
@@ -159,6 +173,8 @@ def wire_send_to(txt2img: Txt2ImgTab, img2img: Img2ImgTab, pnginfo: PngInfoTab, 
                                 outputs=img_targets, api_name=False)
         view.send_inpaint.click(lambda imgs, sel: to_img2img(pick(imgs, sel), True), inputs=src,
                                 outputs=img_targets, api_name=False)
+        view.send_extras.click(lambda imgs, sel: to_extras(pick(imgs, sel)), inputs=src,
+                               outputs=extras_targets, api_name=False)
     pnginfo.send_txt2img.click(to_txt2img, inputs=pnginfo.image, outputs=t_fields + [tabs], api_name=False)
     pnginfo.send_img2img.click(lambda p: to_img2img(p, False), inputs=pnginfo.image, outputs=img_targets,
                                api_name=False)

@@ -30,6 +30,7 @@ class ResultView:
             self.send_txt2img = gr.Button("Send to txt2img", size="sm", elem_id=f"{p}_send_to_txt2img")
             self.send_img2img = gr.Button("Send to img2img", size="sm", elem_id=f"{p}_send_to_img2img")
             self.send_inpaint = gr.Button("Send to inpaint", size="sm", elem_id=f"{p}_send_to_inpaint")
+            self.send_extras = gr.Button("Send to extras", size="sm", elem_id=f"{p}_send_to_extras")
         self.last_seed = gr.State(-1)
         self.images = gr.State([])  # paths (or PIL images) of the last results, for "send to"
         self.selected = gr.State(0)
