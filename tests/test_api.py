@@ -6,32 +6,18 @@ import io
 import json
 import shutil
 import time
-from contextlib import contextmanager
-from dataclasses import replace
 
 import pytest
 import torch
-from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors.torch import save_file
 
-from app import build_app
+from apiclient import api_client
 from tiny_models import build_tiny_sd
 from webui.settings import Limits
 from webui.jobs.queue import JobState
 
 FAST = {"prompt": "a red circle", "steps": 2, "seed": 1234, "width": 64, "height": 64}
-
-
-@contextmanager
-def api_client(easel, limits: Limits | None = None, **changes):
-    easel.manager.preferred = "tiny-a.safetensors"  # the default checkpoint for requests naming none
-    settings = replace(easel.settings, api=True, nowebui=True, **changes)
-    if limits is not None:
-        settings = replace(settings, limits=limits)
-    easel.settings = settings
-    with TestClient(build_app(easel, settings)) as client:
-        yield client
 
 
 @pytest.fixture()

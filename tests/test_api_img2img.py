@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from test_api import api_client, outputs, png, wait_job
+from apiclient import api_client
+from test_api import outputs, png, wait_job
 from webui.settings import Limits
 from webui.generation.requests import Img2ImgRequest
 

@@ -7,7 +7,8 @@ import io
 import imageio.v3 as iio
 from PIL import Image
 
-from test_api import api_client, wait_job
+from apiclient import api_client
+from test_api import wait_job
 
 ZOOM = {"prompt": "a red circle", "steps": 2, "seed": 3, "width": 64, "height": 64, "keyframes": 1,
         "fps": 4, "seconds_per_keyframe": 1.0, "sampler_name": "Euler"}

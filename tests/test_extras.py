@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import base64
 import io
-from dataclasses import replace
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 
-from app import build_app
+from apiclient import api_client
 from pictures import b64png
 from upscaler_models import write_upscaler
 from webui.admission import Admission, Caller
@@ -128,9 +126,7 @@ def test_bad_extras_requests_name_the_field(easel):
 
 @pytest.fixture()
 def client(easel):
-    easel.manager.preferred = "tiny-a.safetensors"
-    easel.settings = replace(easel.settings, api=True, nowebui=True)
-    with TestClient(build_app(easel, easel.settings)) as c:
+    with api_client(easel) as c:
         yield c
 
 

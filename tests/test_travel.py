@@ -3,17 +3,15 @@ easing, interrupt and resume, the demo model's colour moving from red to blue, a
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import imageio.v2 as iio
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 from pydantic import ValidationError
 
-from app import build_app
+from apiclient import api_client
 from sinks import Recorder
 from webui.features.travel import (EASINGS, FramePlan, TravelFrames, TravelKeyframe, TravelRequest, frame_prompts,
                                    plan_frames, split_prompts)
@@ -174,9 +172,7 @@ def test_progress_says_which_frame(easel):
 
 @pytest.fixture()
 def client(easel):
-    easel.manager.preferred = "tiny-a.safetensors"
-    easel.settings = replace(easel.settings, api=True, nowebui=True)
-    with TestClient(build_app(easel, easel.settings)) as c:
+    with api_client(easel) as c:
         yield c
 
 

@@ -72,11 +72,7 @@ def easel_router(ctx: ApiContext) -> APIRouter:
             fields = dict(raw)
             if isinstance(fields.get("init_image"), str) and fields["init_image"]:
                 fields["init_image"] = decode_image(fields["init_image"], "init_image").convert("RGB")
-            try:
-                request = ZoomRequest.model_validate(fields)
-            except ValidationError as e:
-                raise InvalidFields(e.errors(), prefix=("body",)) from None
-            return ctx.admission.submit("zoom", request, caller).job
+            return admit_body("zoom", ZoomRequest, fields, caller)
         return _accepted(await run_in_threadpool(admit))
 
     @router.post("/travel", response_model=JobSubmitted, status_code=202,
@@ -87,13 +83,7 @@ def easel_router(ctx: ApiContext) -> APIRouter:
         `a cat | a dog`) plus the txt2img fields and `fps`; poll GET /easel/v1/jobs/{id}, then fetch
         GET /easel/v1/jobs/{id}/video. `frames` counts the frames from a keyframe up to the next; the video
         ends on the last keyframe's own frame (sum of frames + 1 in all)."""
-        def admit():
-            try:
-                request = TravelRequest.model_validate(raw)
-            except ValidationError as e:
-                raise InvalidFields(e.errors(), prefix=("body",)) from None
-            return ctx.admission.submit("travel", request, caller).job
-        return _accepted(await run_in_threadpool(admit))
+        return _accepted(await run_in_threadpool(admit_body, "travel", TravelRequest, raw, caller))
 
     @router.get("/jobs/{job_id}/video", response_class=FileResponse)
     def get_video(job_id: str, caller: CallerDep) -> FileResponse:
@@ -120,6 +110,14 @@ def easel_router(ctx: ApiContext) -> APIRouter:
         job = ctx.visible_job(job_id, caller)
         queue.interrupt(job.id, by=caller.owner, admin=caller.admin)
         return job_status(job, queue, with_images=False)
+
+    def admit_body(kind: str, model: type, fields: dict[str, Any], caller: Caller):
+        """A job request validated from a body (errors named as sent: `body.<field>`) and admitted."""
+        try:
+            request = model.model_validate(fields)
+        except ValidationError as e:
+            raise InvalidFields(e.errors(), prefix=("body",)) from None
+        return ctx.admission.submit(kind, request, caller).job
 
     def _accepted(job) -> JSONResponse:
         answer = job_answer(job, queue.position(job), f"/easel/v1/jobs/{job.id}")

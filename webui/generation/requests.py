@@ -122,7 +122,12 @@ class GenerationParams(BaseModel):
     def without_images(self) -> "GenerationParams":
         """The request with its input pictures (init image, mask, canvas box) dropped: what a finished
         job keeps, so a big upload is released when the job ends."""
-        pictures = {name: None for name in type(self).model_fields if isinstance(getattr(self, name), Image.Image)}
+        pictures: dict[str, Any] = {name: None for name in type(self).model_fields
+                                    if isinstance(getattr(self, name), Image.Image)}
+        settings = self.alwayson_scripts or {}
+        if any(hasattr(s, "without_images") for s in settings.values()):  # features' own (ControlNet's images)
+            pictures["alwayson_scripts"] = {k: s.without_images() if hasattr(s, "without_images") else s
+                                            for k, s in settings.items()}
         return self.model_copy(update=pictures) if pictures else self
 
 

@@ -292,3 +292,23 @@ def save_ldm_checkpoint(
             pass
         raise
     return path
+
+
+def controlnet_to_ldm(cn_sd: dict[str, torch.Tensor], layers_per_block: int) -> dict[str, torch.Tensor]:
+    """ControlNetModel state dict -> the original layout (`control_model.*`), the inverse of diffusers'
+    `convert_controlnet_checkpoint` (the shape sd-webui-controlnet's files have)."""
+    fixed = {d: ldm for table in DIFFUSERS_TO_LDM_MAPPING["controlnet"].values() for d, ldm in table.items()}
+    out = {}
+    for k, v in cn_sd.items():
+        if k in fixed:
+            name = fixed[k]
+        elif m := re.fullmatch(r"controlnet_cond_embedding\.blocks\.(\d+)\.(weight|bias)", k):
+            name = f"input_hint_block.{2 * (int(m[1]) + 1)}.{m[2]}"
+        elif m := re.fullmatch(r"controlnet_down_blocks\.(\d+)\.(weight|bias)", k):
+            name = f"zero_convs.{m[1]}.0.{m[2]}"
+        elif m := re.fullmatch(r"controlnet_mid_block\.(weight|bias)", k):
+            name = f"middle_block_out.0.{m[1]}"
+        else:
+            name = _unet_key(k, layers_per_block, set())
+        out["control_model." + name] = v
+    return out

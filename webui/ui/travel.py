@@ -11,7 +11,7 @@ from webui.jobs.queue import Job
 
 from .controls import GenerationControls, JobRunner, ResultSlots
 from .result_view import ResultView
-from .widgets import notice_html
+from .widgets import notice_html, table_rows
 
 EXAMPLE = [["a red circle, white background", "", ""], ["a blue circle, white background", "", ""]]
 
@@ -19,13 +19,8 @@ EXAMPLE = [["a red circle, white background", "", ""], ["a blue circle, white ba
 def keyframes_from_table(rows: Any) -> list[TravelKeyframe]:
     """Keyframes from the table's rows (blank rows skipped; blank seed: the request's; blank frames: the
     default); a bad number names its row."""
-    if rows is None:
-        return []
-    if hasattr(rows, "values") and hasattr(rows, "columns"):  # a DataFrame, if Gradio hands one over
-        rows = rows.values.tolist()
     keyframes = []
-    for n, row in enumerate(rows, start=1):
-        prompt, seed, frames = (list(row) + [None, None, None])[:3]
+    for n, (prompt, seed, frames) in table_rows(rows, 3):
         prompt = "" if prompt is None else str(prompt).strip()
         if not prompt:
             continue

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import html
+from typing import Any
 
 import gradio as gr
 
@@ -60,3 +61,13 @@ def error_html(message: str) -> str:
 
 def notice_html(message: str) -> str:
     return f'<div class="easel-notice">{html.escape(message)}</div>'
+
+
+def table_rows(rows: Any, columns: int) -> list[tuple[int, list]]:
+    """(row number from 1, its first `columns` cells, padded with None) of a Dataframe's value, whether
+    Gradio hands over a list of lists or a pandas DataFrame."""
+    if rows is None:
+        return []
+    if hasattr(rows, "values") and hasattr(rows, "columns"):
+        rows = rows.values.tolist()
+    return [(n, (list(row) + [None] * columns)[:columns]) for n, row in enumerate(rows, start=1)]

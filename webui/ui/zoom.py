@@ -11,7 +11,7 @@ from webui.images.decode import open_image
 from webui.jobs.queue import Job
 
 from .controls import GenerationControls, JobRunner, ResultSlots
-from .widgets import notice_html
+from .widgets import notice_html, table_rows
 
 DIRECTIONS = (("Zoom out", "out"), ("Zoom in", "in"))
 EXAMPLE_PROMPT = "a vast fantasy landscape, mountains, rivers, golden light"
@@ -19,13 +19,8 @@ EXAMPLE_PROMPT = "a vast fantasy landscape, mountains, rivers, golden light"
 
 def prompts_from_table(rows: Any) -> dict[int, str]:
     """{keyframe: prompt} from the table's rows; blank rows are skipped, a bad index names its row."""
-    if rows is None:
-        return {}
-    if hasattr(rows, "values") and hasattr(rows, "columns"):  # a DataFrame, if Gradio hands one over
-        rows = rows.values.tolist()
     prompts: dict[int, str] = {}
-    for n, row in enumerate(rows, start=1):
-        key, text = (list(row) + [None, None])[:2]
+    for n, (key, text) in table_rows(rows, 2):
         text = "" if text is None else str(text).strip()
         if (key is None or str(key).strip() == "") and not text:
             continue
