@@ -83,15 +83,17 @@ def test_limits_on_the_pages_own_events(tmp_path, model_root):
     shutil.copy(model_root / "models" / "Stable-diffusion" / "tiny-a.safetensors", data / "models" / "Stable-diffusion")
     with easel_server(data, "--max-pixels", "16384", "--max-steps", "6") as url:
         client = Client(url, verbose=False)
-        names = {p["label"]: p["parameter_name"] for p in
-                 client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/txt2img"]["parameters"]}
-        out = client.predict(**{names["Width"]: 512, names["Height"]: 512, names["Sampling steps"]: 2},
+        params = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/txt2img"]["parameters"]
+        names = {p["label"]: p["parameter_name"] for p in params}
+        # pictures without a default (ControlNet units' images) are sent empty, as the page sends them
+        empty = {p["parameter_name"]: None for p in params if not p.get("parameter_has_default", True)}
+        out = client.predict(**{**empty, names["Width"]: 512, names["Height"]: 512, names["Sampling steps"]: 2},
                              api_name="/txt2img")
         assert "width × height is at most 16384 pixels" in out[2]
         view = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/txt2img"]["parameters"]
         steps = next(p for p in view if p["label"] == "Sampling steps")
         assert steps["parameter_default"] == 6  # the field's default (20), capped by the server's --max-steps
-        ok = client.predict(**{names["Sampling steps"]: 2, names["Seed"]: 5}, api_name="/txt2img")
+        ok = client.predict(**{**empty, names["Sampling steps"]: 2, names["Seed"]: 5}, api_name="/txt2img")
         assert "Seed: 5" in ok[1]
 
 

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from webui.models.ldm_export import export_ldm_state_dict, save_ldm_checkpoint
+from webui.models.ldm_export import controlnet_to_ldm, export_ldm_state_dict, save_ldm_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[1] / "webui" / "models" / "configs"
 
@@ -149,3 +150,26 @@ def write_diffusers_folder(tiny: TinySD, folder: Path) -> Path:
     shutil.copytree(configs / "scheduler", folder / "scheduler", dirs_exist_ok=True)
     shutil.copy(configs / "model_index.json", folder / "model_index.json")
     return folder
+
+
+TINY_HINT = (16, 32, 96)  # two stride-2 steps: the tiny VAE's 4× (a full-size one has 4 widths for 8×)
+
+
+def tiny_controlnet(unet, seed: int = 0) -> ControlNetModel:
+    """A ControlNet copied from the tiny UNet with its zero convolutions made non-zero (a trained one's are)."""
+    torch.manual_seed(seed)
+    cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=TINY_HINT)
+    with torch.no_grad():
+        for conv in [*cn.controlnet_down_blocks, cn.controlnet_mid_block]:
+            conv.weight.normal_(0, 0.3)
+            conv.bias.normal_(0, 0.1)
+        cn.controlnet_cond_embedding.conv_out.weight.normal_(0, 1.0)  # the picture counts as much as the latents
+        cn.controlnet_cond_embedding.conv_out.bias.zero_()
+    return cn.eval()
+
+
+def write_controlnet(cn: ControlNetModel, path: Path, layers_per_block: int = 1) -> Path:
+    """A ControlNet file in the original layout (`control_model.*`), as sd-webui-controlnet's users have them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in controlnet_to_ldm(cn.state_dict(), layers_per_block).items()}, path)
+    return path

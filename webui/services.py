@@ -33,6 +33,7 @@ from webui.images.owners import OwnerIndex
 from webui.images.store import ImageStore
 from webui.jobs.queue import Job, JobQueue
 from webui.models.catalog import Catalog, HashCache
+from webui.models.controlnet import ControlNetLibrary
 from webui.models.embeddings import EmbeddingLibrary
 from webui.models.errors import ModelError
 from webui.models.loader import LoadedModel, default_size_unloaded
@@ -94,7 +95,8 @@ class ModelLease:
 class Easel:
     def __init__(self, settings: Settings, manager: ModelManager, queue: JobQueue, engine: Engine,
                  store: ImageStore, options: OptionRegistry | None = None, styles: StyleLibrary | None = None,
-                 owners: OwnerIndex | None = None, upscalers: UpscalerLibrary | None = None):
+                 owners: OwnerIndex | None = None, upscalers: UpscalerLibrary | None = None,
+                 controlnets: ControlNetLibrary | None = None):
         self.settings = settings
         self.manager = manager
         self.queue = queue
@@ -105,6 +107,8 @@ class Easel:
         self.styles = styles or StyleLibrary(settings.styles_files, settings.data_dir / "styles.csv")
         self.owners = owners  # who made each output (the file routes check it when logins are on)
         self.upscalers = upscalers or upscaler_library(settings, manager)
+        self.controlnets = controlnets or ControlNetLibrary(settings.models_dir / "ControlNet",
+                                                            manager.catalog.hashes, manager.get_model, settings.device)
         self.vaes = VaeLibrary(settings.models_dir / "VAE", manager.catalog.hashes)
         self.previews = Previewer(settings.models_dir / "VAE-approx")
         self.speed = settings.speed
@@ -116,7 +120,7 @@ class Easel:
 
     @classmethod
     def create(cls, settings: Settings) -> "Easel":
-        for sub in ("Stable-diffusion", "VAE", "VAE-approx", "Lora", "embeddings", "ESRGAN"):
+        for sub in ("Stable-diffusion", "VAE", "VAE-approx", "Lora", "embeddings", "ESRGAN", "ControlNet"):
             (settings.models_dir / sub).mkdir(parents=True, exist_ok=True)
         hashes = HashCache(settings.cache_dir / "hashes.json")
         catalog = Catalog(settings.checkpoint_dirs, hashes, settings.fallback_checkpoints, settings.follow_model_links)
@@ -132,8 +136,10 @@ class Easel:
         vaes = VaeLibrary(settings.models_dir / "VAE", hashes)
         styles = StyleLibrary(settings.styles_files, settings.data_dir / "styles.csv")
         upscalers = upscaler_library(settings, manager)
+        controlnets = ControlNetLibrary(settings.models_dir / "ControlNet", hashes, manager.get_model, settings.device)
         features = register_features(
             register_builtins(FeatureRegistry()), styles=styles, wildcards=settings.wildcards_dir, upscalers=upscalers,
+            controlnets=controlnets,
             checkpoint_exists=lambda name: _exists(catalog.find, name),
             checkpoint_titles=lambda: [c.title for c in catalog.items()],
             vae_exists=lambda name: any(name in (f.name, f.path.stem) for f in vaes.files()) or name in VAE_CHOICES,
@@ -144,7 +150,8 @@ class Easel:
         store = ImageStore(settings.outputs_dir, hooks=[owners, features], private_names=logins)
         store.remove_leftovers()  # temp files of a process that was killed mid-write
         queue = JobQueue(max_queued=settings.limits.max_queued_jobs, after_each=release_freed_memory)
-        return cls(settings, manager, queue, engine, store, styles=styles, owners=owners, upscalers=upscalers)
+        return cls(settings, manager, queue, engine, store, styles=styles, owners=owners, upscalers=upscalers,
+                   controlnets=controlnets)
 
     def close(self) -> None:
         self.queue.shutdown()

@@ -245,6 +245,11 @@ class Feature:
         (checkpoints); None = its Param's own."""
         return None
 
+    def check(self, request: GenerationParams, settings: BaseModel) -> None:
+        """Refuse (FieldError) settings this request cannot use, at admission rather than mid-job (a
+        ControlNet unit without a picture in txt2img)."""
+        return None
+
     def from_infotext(self, parsed: dict[str, Any]) -> dict[str, Any] | None:
         """Its settings from a parsed infotext (paste, "send to"), or None when the infotext has none."""
         if self.settings is None or not infotext_keys(self.settings) & parsed.keys():
@@ -408,6 +413,8 @@ class FeatureRegistry:
             changes["script_name"] = script.name
             changes["script_args"] = script.parse(request.script_args)
         validated = request.model_copy(update=changes)
+        for name, value in settings.items():
+            self.find(name).check(validated, value)
         if request.script_name:
             script.check(validated, changes["script_args"])
         return validated

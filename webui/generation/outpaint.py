@@ -185,7 +185,8 @@ class BoxPlan:
 
 def plan_box(req: OutpaintRequest) -> BoxPlan:
     """txt2img for an empty box, img2img for a painted one, a masked img2img for one in between."""
-    params = req.model_dump(include=set(GenerationParams.model_fields))
+    params = req.model_dump(include=set(GenerationParams.model_fields) - {"alwayson_scripts", "script_args"})
+    params.update(alwayson_scripts=req.alwayson_scripts, script_args=req.script_args)  # validated: kept as they are
     empty = empty_area(req.box)
     kind = box_kind(empty)
     if kind == "txt2img":

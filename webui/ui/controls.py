@@ -119,6 +119,16 @@ class FeatureSection:
     feature: Feature
     widgets: dict[str, Any]
 
+    def value(self, data: dict) -> Any:
+        """The feature's settings from the widgets' values (what `alwayson_scripts` takes)."""
+        model = self.feature.settings
+        return {n: request_value(model, n, data[w]) for n, w in self.widgets.items() if w in data}
+
+    def updates(self, given: dict[str, Any]) -> dict:
+        """{widget: value} for the settings an infotext gave this feature."""
+        model = self.feature.settings
+        return {w: widget_value(model, n, given[n]) for n, w in self.widgets.items() if n in given}
+
 
 @dataclass
 class GenerationControls:
@@ -248,11 +258,7 @@ class GenerationControls:
                   if comp in data and name in self.model.model_fields}
         values["checkpoint"] = values.get("checkpoint") or None
         values["vae"] = values.get("vae") or None
-        scripts = {}
-        for section in self.sections:
-            model = section.feature.settings
-            scripts[section.feature.name] = {n: request_value(model, n, data[w]) for n, w in section.widgets.items()
-                                             if w in data}
+        scripts = {section.feature.name: section.value(data) for section in self.sections}
         if scripts:
             values["alwayson_scripts"] = scripts
         chosen = data.get(self.script) if self.script is not None else None
@@ -270,9 +276,7 @@ class GenerationControls:
                    if name in values and name not in SHARED_FIELDS}
         by_feature = self.easel.features.settings_from_infotext(parse_infotext(text or ""))
         for section in self.sections:
-            given = by_feature.get(section.feature.name, {})
-            updates.update({w: widget_value(section.feature.settings, n, given[n])
-                            for n, w in section.widgets.items() if n in given})
+            updates.update(section.updates(by_feature.get(section.feature.name, {})))
         return updates
 
 

@@ -12,6 +12,7 @@ from webui.generation.masks import to_rgb
 from webui.images.decode import open_image
 from webui.generation.requests import Img2ImgRequest
 
+from .controlnet import controlnet_section
 from .controls import GenerationControls, JobRunner
 from .result_view import ResultView
 from .txt2img import wire_paste_button, wire_seed_buttons
@@ -89,6 +90,7 @@ class Img2ImgTab:
                 c.add("denoising_strength")
                 c.pickers()
                 c.feature_sections("img2img")
+                controlnet_section(c, "img2img")
                 c.script_section("img2img")
             with gr.Column(scale=1):
                 self.results.build()

@@ -5,6 +5,7 @@ import gradio as gr
 
 from webui.generation.requests import Txt2ImgRequest, fields_from_infotext
 
+from .controlnet import controlnet_section
 from .controls import SHARED_FIELDS, GenerationControls, JobRunner
 from .result_view import ResultView, load_sent_image
 
@@ -25,6 +26,7 @@ class Txt2ImgTab:
                 c.batch_cfg_seed()
                 c.pickers()
                 c.feature_sections("txt2img")
+                controlnet_section(c, "txt2img")
                 c.script_section("txt2img")
             with gr.Column(scale=1):
                 self.results.build()
