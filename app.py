@@ -57,7 +57,10 @@ def build_app(easel: Easel, settings: Settings, extensions: Extensions | None = 
         mount_ui(app, easel, settings, gate, admission, extensions)
     if gate.enabled:
         owners = easel.owners.owner_of if easel.owners is not None else (lambda path: None)
-        app.add_middleware(AccessGuard, gate=gate, files=OutputFiles(settings.outputs_dir, owners))
+        files = OutputFiles(settings.outputs_dir, owners)
+        if easel.gallery is not None:
+            files.guard(easel.gallery.thumbs, easel.gallery.thumbnail_owner)
+        app.add_middleware(AccessGuard, gate=gate, files=files)
     app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)  # outermost: every route
     return app
 
@@ -92,7 +95,7 @@ def mount_ui(app: FastAPI, easel: Easel, settings: Settings, gate: Gate, admissi
     gr.mount_gradio_app(
         app, blocks, path="/",
         auth_dependency=gate.ui_user if gate.enabled else None,
-        allowed_paths=[str(settings.outputs_dir)],
+        allowed_paths=[str(settings.outputs_dir), *([str(easel.gallery.thumbs)] if easel.gallery else [])],
         show_error=False,
         max_file_size=settings.limits.max_body_bytes,  # uploads: the same limit as any body
         **launch_kwargs(),
@@ -160,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # a bad default checkpoint must not stop the UI from starting
             log.error("could not load the default checkpoint: %s", e)
     warn_if_open(settings)
+    if easel.gallery is not None:
+        easel.gallery.start()  # scan outputs/, then embed in the background
     try:
         serve(build_app(easel, settings, extensions), settings)
     finally:

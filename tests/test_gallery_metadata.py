@@ -7,7 +7,7 @@ import json
 
 from PIL import Image, PngImagePlugin
 
-from webui.gallery.metadata import comfyui_parameters, decode_user_comment, read_image_metadata
+from webui.images.metadata import comfyui_parameters, decode_user_comment, read_image_metadata
 from webui.gallery.query import MAX_TERMS, Term, compile_query, fts_phrase, parse_query
 
 TEXT = "a café at night, (neon:1.1)\nNegative prompt: blurry\nSteps: 12, Sampler: Euler, Seed: 9, Size: 64x64"

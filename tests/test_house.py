@@ -16,6 +16,7 @@ LAYERS = [
     ("webui.models",),
     ("webui.generation",),
     ("webui.features",),
+    ("webui.gallery",),
     ("webui.jobs",),
     ("webui.settings", "webui.options"),
     ("webui.services",),

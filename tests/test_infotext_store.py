@@ -84,3 +84,19 @@ def test_store_never_overwrites_and_is_thread_safe(store):
 def test_store_rejects_path_tricks(store):
     with pytest.raises(ValueError):
         store.folder("../etc")
+
+
+def test_png_info_reads_a1111_jpegs_and_webps(tmp_path):
+    """A1111 writes the infotext of a JPEG/WEBP as an EXIF user comment (UTF-16 after `UNICODE\\0`)."""
+    from webui.ui.pnginfo import read_image_info
+
+    text = "a castle in the snow\nNegative prompt: fog\nSteps: 20, Sampler: Euler a, Seed: 77, Size: 64x64"
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9286] = b"UNICODE\0" + text.encode("utf-16-be")
+    for suffix in ("jpg", "webp"):
+        path = tmp_path / f"castle.{suffix}"
+        Image.new("RGB", (64, 64), "white").save(path, exif=exif)
+        shown, table = read_image_info(str(path))
+        assert shown == text and "Euler a" in table, suffix
+        with Image.open(path) as image:
+            assert read_infotext(image) == text

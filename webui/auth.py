@@ -404,8 +404,11 @@ class OutputFiles:
     PREFIXES = ("/gradio_api/file=", "/gradio_api/file/")
 
     def __init__(self, outputs: Path, owner_of: Callable[[Path], str | None]):
-        self.outputs = outputs.resolve()
-        self.owner_of = owner_of
+        self.guarded: list[tuple[Path, Callable[[Path], str | None]]] = [(outputs.resolve(), owner_of)]
+
+    def guard(self, folder: Path, owner_of: Callable[[Path], str | None]) -> None:
+        """Another folder whose files belong to someone (the gallery's thumbnails)."""
+        self.guarded.append((folder.resolve(), owner_of))
 
     def may_read(self, path: str, user: str, admin: bool) -> bool:
         prefix = next((p for p in self.PREFIXES if path.startswith(p)), None)
@@ -416,9 +419,10 @@ class OutputFiles:
             resolved = target.resolve()
         except (OSError, RuntimeError):
             return False
-        if not resolved.is_relative_to(self.outputs):
-            return True
-        return self.owner_of(resolved) == user
+        for folder, owner_of in self.guarded:
+            if resolved.is_relative_to(folder):
+                return owner_of(resolved) == user
+        return True
 
 
 def login_page(target: str, user: str = "", failed: bool = False, problem: str = "", status: int | None = None,

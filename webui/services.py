@@ -20,6 +20,9 @@ from webui.features import StyleLibrary, register_features
 from webui.errors import FieldError
 from webui.features.extras import run_extras
 from webui.features.travel import StoreFrames, TravelRequest, TravelVideo, resume_folder, run_travel, save_travel
+from webui.gallery.embedder import find_embedder
+from webui.gallery.index import GalleryIndex
+from webui.gallery.service import Gallery
 from webui.generation.builtins import register_builtins
 from webui.generation.engine import Engine, GenerationResult
 from webui.generation.extension_points import FeatureRegistry
@@ -96,7 +99,7 @@ class Easel:
     def __init__(self, settings: Settings, manager: ModelManager, queue: JobQueue, engine: Engine,
                  store: ImageStore, options: OptionRegistry | None = None, styles: StyleLibrary | None = None,
                  owners: OwnerIndex | None = None, upscalers: UpscalerLibrary | None = None,
-                 controlnets: ControlNetLibrary | None = None):
+                 controlnets: ControlNetLibrary | None = None, gallery: Gallery | None = None):
         self.settings = settings
         self.manager = manager
         self.queue = queue
@@ -106,6 +109,7 @@ class Easel:
         self.options = options or OptionRegistry()
         self.styles = styles or StyleLibrary(settings.styles_files, settings.data_dir / "styles.csv")
         self.owners = owners  # who made each output (the file routes check it when logins are on)
+        self.gallery = gallery  # the index of every output, searched by the Gallery tab and /easel/v1/images
         self.upscalers = upscalers or upscaler_library(settings, manager)
         self.controlnets = controlnets or ControlNetLibrary(settings.models_dir / "ControlNet",
                                                             manager.catalog.hashes, manager.get_model, settings.device)
@@ -147,17 +151,23 @@ class Easel:
         engine = Engine(embeddings, LoraLibrary(settings.models_dir / "Lora", hashes), features, settings.nan_check)
         owners = OwnerIndex(settings.cache_dir / "owners.sqlite")
         logins = bool(settings.ui_credentials or settings.api_credentials)
-        store = ImageStore(settings.outputs_dir, hooks=[owners, features], private_names=logins)
-        store.remove_leftovers()  # temp files of a process that was killed mid-write
         queue = JobQueue(max_queued=settings.limits.max_queued_jobs, after_each=release_freed_memory)
+        gallery = Gallery(GalleryIndex(settings.cache_dir / "gallery.sqlite"), settings.outputs_dir,
+                          settings.cache_dir / "thumbnails", folders=[Path(f) for f in settings.gallery_folders],
+                          owner_of=owners.owner_of, busy=lambda: queue.current is not None,
+                          embedder=lambda: find_embedder(settings.models_dir, settings.device))
+        store = ImageStore(settings.outputs_dir, hooks=[owners, features, gallery], private_names=logins)
+        store.remove_leftovers()  # temp files of a process that was killed mid-write
         return cls(settings, manager, queue, engine, store, styles=styles, owners=owners, upscalers=upscalers,
-                   controlnets=controlnets)
+                   controlnets=controlnets, gallery=gallery)
 
     def close(self) -> None:
         self.queue.shutdown()
         self.manager.unload_all()
         if self.owners is not None:
             self.owners.close()
+        if self.gallery is not None:
+            self.gallery.close()
 
     # -- models ----------------------------------------------------------------------------------
     def refresh(self) -> None:

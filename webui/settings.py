@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     paths.add_argument("--extras-folder", action="append", default=[], metavar="DIR",
                        help="a folder of pictures the Extras tab's batch may read, besides the data folder "
                             "(repeatable; admins only when logins are on)")
+    paths.add_argument("--gallery-folder", action="append", default=[], metavar="DIR",
+                       help="another folder of pictures for the gallery to index and search, besides outputs/ "
+                            "(repeatable; images there belong to nobody: with logins on, only admins see them)")
     paths.add_argument("--follow-model-links", action="store_true",
                        help="follow symbolic links in the model folders wherever they lead (default: only to "
                             "places inside the model folders)")
@@ -245,6 +248,7 @@ class Settings:
     nan_check: bool = True
     upscaler_tile: int = 0  # px; 0 = chosen from free memory
     extras_folders: tuple[str, ...] = ()  # folders besides the data folder the Extras batch may read
+    gallery_folders: tuple[str, ...] = ()  # folders besides outputs/ the gallery indexes
     limits: Limits = field(default_factory=Limits)
     disable_extensions: bool = False
     disabled_extensions: tuple[str, ...] = ()
@@ -369,6 +373,7 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         nan_check=not args.disable_nan_check,
         upscaler_tile=max(0, args.upscaler_tile),
         extras_folders=tuple(args.extras_folder),
+        gallery_folders=tuple(args.gallery_folder),
         limits=Limits.from_args(args),
         disable_extensions=args.disable_extensions,
         disabled_extensions=tuple(args.disable_extension),

@@ -4,7 +4,8 @@
 with `--nowebui`). Routes are thin: they turn a request body (a model derived from the job request
 types) into a job request and hand it to admission (webui/admission.py), and the finished job into
 A1111's response shape (txt2img and img2img in `sdapi.py`; Easel's queued jobs, zoom videos
-included, in `jobs.py`; the Extras routes in `extras.py`; sd-webui-controlnet's in `controlnet.py`; the outpaint canvas's endpoint in `canvas.py`).
+included, in `jobs.py`; the Extras routes in `extras.py`; sd-webui-controlnet's in `controlnet.py`; the
+gallery's in `gallery.py`; the outpaint canvas's endpoint in `canvas.py`).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fastapi import APIRouter
 from .canvas import build_canvas_router
 from .context import ApiContext, caller_dependency
 from .controlnet import controlnet_router
+from .gallery import gallery_router
 from .extras import extras_router
 from .jobs import easel_router
 from .sdapi import sdapi_router
@@ -26,4 +28,5 @@ def build_api_router(ctx: ApiContext) -> APIRouter:
     router.include_router(extras_router(ctx))
     router.include_router(easel_router(ctx))
     router.include_router(controlnet_router(ctx))
+    router.include_router(gallery_router(ctx))
     return router

@@ -97,10 +97,10 @@ ClientHeader = Annotated[str | None, Header(alias="X-Easel-Client", description=
     "without auth: names the client, so several clients on one machine get separate queues and options"))]
 
 
-def manager_only(caller: Caller) -> None:
+def manager_only(caller: Caller, action: str = "rescanning the model folders") -> None:
     """Refuse what changes what everyone shares (rescanning model folders …) unless the caller may."""
     if not caller.manager:
-        raise ApiError(403, "rescanning the model folders is an admin's action on this server")
+        raise ApiError(403, f"{action} is an admin's action on this server")
 
 
 def caller_dependency(ctx: ApiContext) -> Callable[..., Caller]:

@@ -39,7 +39,7 @@ from webui.images.store import PendingSave, SavedImage
 
 from .hashing import HASH_BITS, as_unsigned, hamming, perceptual_hashes
 from .matrix import RowMatrix, top_k
-from .metadata import ImageMetadata, read_image_metadata
+from webui.images.metadata import ImageMetadata, read_image_metadata
 from .query import Term, compile_query, fts_phrase, parse_query, time_id
 
 log = logging.getLogger(__name__)

@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, Protocol
 from PIL import Image, PngImagePlugin
 
 from .infotext import parse_infotext
+from .metadata import read_image_metadata
 from .video import write_video
 
 log = logging.getLogger(__name__)
@@ -47,11 +48,9 @@ def png_bytes(image: Image.Image, infotext: str | None) -> bytes:
 
 
 def read_infotext(image: Image.Image) -> str | None:
-    """The `parameters` text of a PNG (or the EXIF user comment A1111 writes into JPEG/WEBP)."""
-    text = image.info.get("parameters")
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    return text
+    """The infotext of a picture: a PNG's `parameters` text, the EXIF user comment A1111 writes into
+    JPEG/WEBP, or what a ComfyUI graph says (webui/images/metadata.py)."""
+    return read_image_metadata(image).infotext
 
 
 @dataclass

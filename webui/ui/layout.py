@@ -30,6 +30,7 @@ from .txt2img import Txt2ImgTab
 from .widgets import error_html, notice_html, ui_caller
 from .result_view import ResultView, load_sent_image
 from .extras import ExtrasTab
+from .gallery import GalleryTab
 from .merger import MergerTab
 from .travel import TravelTab
 from .zoom import ZoomTab
@@ -79,6 +80,12 @@ def build_ui(easel: Easel, admission: Admission, gate: Gate | None = None,
             with gr.Tab("Prompt travel", id="travel", elem_id="tab_travel"):
                 travel = TravelTab(controls("travel", TravelRequest), runner)
                 travel.build()
+            with gr.Tab("Gallery", id="gallery", elem_id="tab_gallery") as gallery_tab:
+                gallery = GalleryTab(easel.gallery, gate) if easel.gallery is not None else None
+                if gallery is not None:
+                    gallery.build()
+                    gallery_tab.select(gallery.opened, inputs=[gallery.query, gallery.sort, gallery.ids],
+                                       outputs=gallery.listing, api_name=False)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 pnginfo = PngInfoTab()
                 pnginfo.build()
@@ -88,7 +95,9 @@ def build_ui(easel: Easel, admission: Admission, gate: Gate | None = None,
                 extension_tabs(extensions, runner, admission)
                 with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
                     extensions_tab(easel, extensions, gate)
-        wire_send_to(txt2img, img2img, pnginfo, tabs, [travel.results], extras)
+        wire_send_to(txt2img, img2img, pnginfo, tabs, [travel.results] + ([gallery.results] if gallery else []), extras)
+        if gallery is not None:
+            wire_find_similar(gallery, tabs, [txt2img.results, img2img.results, travel.results])
         wire_checkpoint(easel, runner, checkpoint, vae, refresh, model_status, [txt2img.controls, img2img.controls])
     return blocks
 
@@ -129,6 +138,15 @@ def extensions_tab(easel: Easel, extensions: Extensions, gate: Gate | None) -> N
         return notice_html("Saved to config.json; restart Easel to apply.")
 
     apply.click(save, inputs=switches, outputs=status, api_name=False)
+
+
+def wire_find_similar(gallery: GalleryTab, tabs: gr.Tabs, views: list[ResultView]) -> None:
+    """"Find similar" under every gallery of the page: the Gallery tab, searching for the selected image."""
+    def find(images: list, selected: int, request: gr.Request) -> list:
+        return [*gallery.similar_to_item(pick(images, selected), request), gr.Tabs(selected="gallery")]
+    for view in views:
+        view.find_similar.click(find, inputs=[view.images, view.selected], outputs=[*gallery.listing, tabs],
+                                api_name=False)
 
 
 def wire_send_to(txt2img: Txt2ImgTab, img2img: Img2ImgTab, pnginfo: PngInfoTab, tabs: gr.Tabs,

@@ -18,12 +18,14 @@ from .widgets import notice_html
 @dataclass
 class ResultView:
     prefix: str
+    label: str = "Output"
+    columns: int = 2
 
     def build(self) -> None:
         p = self.prefix
         self.progress = gr.HTML(elem_id=f"{p}_progress")
-        self.gallery = gr.Gallery(label="Output", format="png", columns=2, height=512, elem_id=f"{p}_gallery",
-                                  interactive=False)
+        self.gallery = gr.Gallery(label=self.label, format="png", columns=self.columns, height=512,
+                                  elem_id=f"{p}_gallery", interactive=False)
         self.info = gr.Textbox(label="Generation parameters", lines=4, interactive=False, elem_id=f"{p}_info",
                                buttons=["copy"])
         with gr.Row():
@@ -31,6 +33,7 @@ class ResultView:
             self.send_img2img = gr.Button("Send to img2img", size="sm", elem_id=f"{p}_send_to_img2img")
             self.send_inpaint = gr.Button("Send to inpaint", size="sm", elem_id=f"{p}_send_to_inpaint")
             self.send_extras = gr.Button("Send to extras", size="sm", elem_id=f"{p}_send_to_extras")
+            self.find_similar = gr.Button("Find similar", size="sm", elem_id=f"{p}_find_similar")
         self.last_seed = gr.State(-1)
         self.images = gr.State([])  # paths (or PIL images) of the last results, for "send to"
         self.selected = gr.State(0)
