@@ -68,7 +68,7 @@ class Gallery:
         self._embedder_source = embedder
         self._embedder: Embedder | None = None
         self._unreadable: set[int] = set()  # ids the embedder could not read (not tried again)
-        self.embedder_problem = "no embedding model (put a CLIP folder into models/CLIP)"
+        self.embedder_problem = "the embedding model is not loaded yet"
         self.busy = busy
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -126,6 +126,8 @@ class Gallery:
                 self.embedder_problem = f"the embedding model could not be loaded ({e})"
         if self._embedder is not None:
             self.embedder_problem = ""
+        elif not self.embedder_problem.startswith("the embedding model could not"):
+            self.embedder_problem = "no embedding model (put a CLIP folder into models/CLIP)"
         return self._embedder is not None
 
     def embed_some(self, limit: int = EMBED_BATCH) -> int:

@@ -106,6 +106,8 @@ class GalleryTab:
         note = f"{found.total} image(s), page {found.page} of {max(1, found.pages)}"
         if found.notes:
             note += " — " + "; ".join(found.notes)
+        if not self.gallery.content_search:
+            note += f" · content search is off: {self.gallery.embedder_problem}; text search works"
         return self.show(list(found.rows), note, found.page)
 
     def open(self, ids: list[int], evt: gr.SelectData, request: gr.Request) -> tuple[str, Any]:
