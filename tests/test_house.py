@@ -15,7 +15,7 @@ LAYERS = [
     ("webui", "webui.prompts", "webui.images"),
     ("webui.models",),
     ("webui.generation",),
-    ("webui.features",),
+    ("webui.features", "webui.training"),
     ("webui.gallery",),
     ("webui.jobs",),
     ("webui.settings", "webui.options"),

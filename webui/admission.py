@@ -32,6 +32,7 @@ from webui.generation.errors import FieldError
 from webui.generation.requests import GenerationParams, Img2ImgRequest
 from webui.generation.zoom import ZoomRequest
 from webui.jobs.queue import Job
+from webui.training.textual_inversion import NAME, Dataset, TrainEmbeddingRequest, learning_rates, templates
 from webui.models.catalog import CheckpointInfo
 from webui.models.errors import CheckpointNotFound, LoraNotFound, ModelError
 from webui.models.merge import ADD_DIFFERENCE, NO_INTERPOLATION, MergeRecipe, MergeRequest, canonical_method
@@ -193,6 +194,13 @@ class Admission:
             return self.prepare_extras(request, caller)
         if kind == "merge":
             return self.prepare_merge(request, caller)
+        if kind == "create_embedding":
+            taken = self.easel.settings.models_dir / "embeddings" / f"{request.name}.pt"
+            if taken.exists() and not request.overwrite_old:
+                raise FieldError("name", f"{taken.name} exists (set overwrite_old to replace it)")
+            return Admitted(None, request, None, [], 0.0)  # type: ignore[arg-type]
+        if kind == "train":
+            return self.prepare_train(request, caller)
         options = self.options.get(caller.owner)
         overrides = self._overrides(request)
         info = self.resolve_checkpoint(*_pick(request.checkpoint, "checkpoint", overrides, "sd_model_checkpoint",
@@ -241,6 +249,25 @@ class Admission:
             raise FieldError("images", f"at most {limit} pictures per job on this server (got {len(resolved.images)})")
         work = sum(_pixels(image) for image in resolved.images) * resolved.upscaling_resize ** 2 / 1e6
         return Admitted(None, resolved, None, [], work)  # type: ignore[arg-type]
+
+    def prepare_train(self, request: TrainEmbeddingRequest, caller: Caller) -> Admitted:
+        """The embedding must exist, the pictures must be in an allowed folder (the data folder or an
+        --extras-folder one) and be at least two readable pictures; the schedule and template must read."""
+        path = self.easel.settings.models_dir / "embeddings" / f"{request.embedding_name}.pt"
+        if not NAME.fullmatch(request.embedding_name) or not path.is_file():
+            raise FieldError("embedding_name", f"no embedding {request.embedding_name!r} in models/embeddings "
+                                               "(create it first)")
+        if not request.data_root:
+            raise FieldError("data_root", "name a folder of pictures")
+        try:
+            folder = self.easel.extras_folder(request.data_root)
+        except FieldError as e:
+            raise FieldError("data_root", e.message) from None
+        learning_rates(request.learn_rate, request.steps)
+        templates(request.template_filename)
+        dataset = Dataset.from_folder(folder, request.training_width, request.training_height)
+        work = request.steps * request.batch_size * request.training_width * request.training_height / 1e6
+        return Admitted(None, (request, dataset), None, [], work)  # type: ignore[arg-type]
 
     def prepare_merge(self, request: MergeRequest, caller: Caller) -> Admitted:
         """The checkpoints resolved through the listing, the new file's name checked (a plain name, not

@@ -29,11 +29,11 @@ from webui.generation.extension_points import FeatureRegistry
 from webui.memory import release_freed_memory
 from webui.generation.noise import pick_seed
 from webui.generation.outpaint import OutpaintRequest, plan_box
-from webui.generation.requests import GenerationParams
+from webui.generation.requests import GenerationParams, Txt2ImgRequest
 from webui.generation.zoom import ZoomRequest, ZoomVideo, run_zoom, save_zoom
 from webui.images.preview import Previewer
 from webui.images.owners import OwnerIndex
-from webui.images.store import ImageStore
+from webui.images.store import ImageStore, png_bytes
 from webui.jobs.queue import Job, JobQueue
 from webui.models.catalog import Catalog, HashCache
 from webui.models.controlnet import ControlNetLibrary
@@ -48,6 +48,8 @@ from webui.models.upscalers import UpscalerLibrary
 from webui.models.speed import xformers_problem
 from webui.models.vae import AUTOMATIC, NONE, VaeLibrary, apply_vae
 from webui.options import OptionRegistry
+from webui.training.textual_inversion import (CreateEmbeddingRequest, Dataset, TrainEmbeddingRequest, TrainResult,
+                                              create_embedding, train_embedding)
 from webui.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,7 @@ log = logging.getLogger(__name__)
 VAE_CHOICES = (AUTOMATIC, NONE)
 # job kind -> the outputs folder its images are saved in
 OUTPUT_FOLDERS = {"txt2img": "txt2img-images", "img2img": "img2img-images", "outpaint": "outpaint-images"}
-JOB_KINDS = (*OUTPUT_FOLDERS, "zoom", "travel", "extras", "merge", "load")
+JOB_KINDS = (*OUTPUT_FOLDERS, "zoom", "travel", "extras", "merge", "load", "create_embedding", "train")
 
 
 @dataclass
@@ -222,6 +224,10 @@ class Easel:
         elif kind == "extras":
             task = lambda job, lease: run_extras(request, self.upscalers, self.store if save else None,  # noqa: E731
                                                  job.owner, job)
+        elif kind == "create_embedding":
+            task = self._create_embedding(request)
+        elif kind == "train":
+            task = self._train(*request)  # (request, its dataset) from admission
         elif kind == "load":
             task = lambda job, lease: lease(request, None).info.title  # noqa: E731
         else:
@@ -311,6 +317,37 @@ class Easel:
                 return None
             self.manager.refresh()
             return made
+        return work
+
+    def _create_embedding(self, request: CreateEmbeddingRequest) -> Callable[[Job, ModelLease], Any]:
+        """A new embedding from the default checkpoint's token embeddings; usable in prompts at once."""
+        def work(job: Job, lease: ModelLease) -> Path:
+            path = create_embedding(self.settings.models_dir / "embeddings", lease(None, None), request)
+            if self.engine.embeddings is not None:
+                self.engine.embeddings.refresh()
+            return path
+        return work
+
+    def _train(self, request: TrainEmbeddingRequest, dataset: Dataset) -> Callable[[Job, ModelLease], Any]:
+        """Textual-inversion training: only the embedding's vectors learn; the model others use is unchanged."""
+        def work(job: Job, lease: ModelLease) -> TrainResult:
+            path = self.settings.models_dir / "embeddings" / f"{request.embedding_name}.pt"
+            folder = self.settings.data_dir / "train" / request.embedding_name
+
+            def preview(model: LoadedModel, prompt: str, step: int) -> Path:
+                if self.engine.embeddings is not None:
+                    self.engine.embeddings.refresh()  # the vectors as they are at this step
+                made = self.engine.txt2img(model, Txt2ImgRequest(
+                    prompt=prompt, seed=request.seed, steps=20, width=request.training_width,
+                    height=request.training_height))
+                (folder / "images").mkdir(parents=True, exist_ok=True)
+                out = folder / "images" / f"{request.embedding_name}-{step}.png"
+                out.write_bytes(png_bytes(made.images[0], made.infotexts[0]))
+                return out
+            result = train_embedding(request, path, dataset, folder, lambda: lease(None, None), job, preview)
+            if self.engine.embeddings is not None:
+                self.engine.embeddings.refresh()
+            return result
         return work
 
     def extras_folder(self, name: str) -> Path:

@@ -15,6 +15,7 @@ from .canvas import build_canvas_router
 from .context import ApiContext, caller_dependency
 from .controlnet import controlnet_router
 from .gallery import gallery_router
+from .training import training_router
 from .extras import extras_router
 from .jobs import easel_router
 from .sdapi import sdapi_router
@@ -29,4 +30,5 @@ def build_api_router(ctx: ApiContext) -> APIRouter:
     router.include_router(easel_router(ctx))
     router.include_router(controlnet_router(ctx))
     router.include_router(gallery_router(ctx))
+    router.include_router(training_router(ctx))
     return router

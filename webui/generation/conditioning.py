@@ -197,6 +197,11 @@ class PromptEncoder:
         finally:
             handle.remove()
 
+    def encode_for_training(self, text: str) -> torch.Tensor:
+        """[1, 77·n, width] like `encode`, without the cache and with gradients flowing to the embeddings'
+        vectors (textual-inversion training; webui/training/textual_inversion.py)."""
+        return torch.cat([self._encode_chunk(c)[0] for c in self.chunks(text)], dim=1)
+
     @torch.no_grad()
     def _encoded(self, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         found = self._cache.get(text)

@@ -32,6 +32,7 @@ from .result_view import ResultView, load_sent_image
 from .extras import ExtrasTab
 from .gallery import GalleryTab
 from .merger import MergerTab
+from .train import TrainTab
 from .travel import TravelTab
 from .zoom import ZoomTab
 
@@ -91,6 +92,8 @@ def build_ui(easel: Easel, admission: Admission, gate: Gate | None = None,
                 pnginfo.build()
             with gr.Tab("Checkpoint Merger", id="modelmerger", elem_id="tab_modelmerger"):
                 MergerTab(runner, checkpoint).build()
+            with gr.Tab("Train", id="train", elem_id="tab_train"):
+                TrainTab(easel, runner).build()
             if extensions is not None:
                 extension_tabs(extensions, runner, admission)
                 with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
