@@ -42,11 +42,15 @@ def gallery_router(ctx: ApiContext) -> APIRouter:
     CallerDep = Annotated[Caller, Depends(caller_dependency(ctx))]
     gallery = ctx.easel.gallery
 
-    def found(row_id: int, caller: Caller):
+    def visible(action):
+        """The gallery's answer; its refusal (an image the caller may not see, or none) is a 404."""
         try:
-            return gallery.get(row_id, caller)
+            return action()
         except FieldError as e:
             raise ApiError(404, e.message, "id", location="path") from None
+
+    def found(row_id: int, caller: Caller):
+        return visible(lambda: gallery.get(row_id, caller))
 
     @router.get("")
     def search(caller: CallerDep, q: str = Query("", max_length=2000), page: int = Query(1, ge=1, le=100_000),
@@ -95,14 +99,12 @@ def gallery_router(ctx: ApiContext) -> APIRouter:
 
     @router.post("/{row_id}/star")
     def star(row_id: int, body: StarRequest, caller: CallerDep) -> dict:
-        found(row_id, caller)
-        return row_json(gallery.star(row_id, caller, body.starred))
+        return row_json(visible(lambda: gallery.star(row_id, caller, body.starred)))
 
     @router.delete("/{row_id}")
     def delete(row_id: int, caller: CallerDep) -> dict:
         """Move the image to outputs/trash (its owner's or an admin's action)."""
-        found(row_id, caller)
-        gallery.delete(row_id, caller)
+        visible(lambda: gallery.delete(row_id, caller))
         return {"deleted": row_id}
 
     return router

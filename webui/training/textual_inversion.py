@@ -138,21 +138,23 @@ class Dataset:
     captions: list[str]
     means: torch.Tensor | None = None  # [n, 4, h, w] the VAE's latent means, scaled for the UNet
     stds: torch.Tensor | None = None
+    once: torch.Tensor | None = None  # one sample per picture, drawn when encoded
 
-    def encode(self, model) -> None:
+    def encode(self, model, gen: torch.Generator) -> None:
         vae = model.vae
         with torch.no_grad():
             dists = [vae.encode(images_to_tensor([p], model.device, vae.dtype)).latent_dist for p in self.pictures]
         scale = vae.config.scaling_factor
         self.means = torch.cat([d.mean.float().cpu() for d in dists]) * scale
         self.stds = torch.cat([d.std.float().cpu() for d in dists]) * scale
+        self.once = self.means + self.stds * torch.randn(self.means.shape, generator=gen)
 
-    def latents(self, picks: list[int], method: str, once: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def latents(self, picks: list[int], method: str, gen: torch.Generator) -> torch.Tensor:
         """deterministic: the means; once: one sample per picture drawn at the start; random: a new sample."""
         if method == "deterministic":
             return self.means[picks]
         if method == "once":
-            return once[picks]
+            return self.once[picks]
         return self.means[picks] + self.stds[picks] * torch.randn(self.means[picks].shape, generator=gen)
 
     @classmethod
@@ -255,8 +257,8 @@ def train_embedding(request: TrainEmbeddingRequest, embedding_path: Path, datase
     model = models()
     if getattr(model, "text_encoder_2", None) is not None:
         raise FieldError("embedding_name", "training SDXL embeddings (two text encoders) is not supported yet")
-    dataset.encode(model)
-    once = dataset.means + dataset.stds * torch.randn(dataset.means.shape, generator=gen)
+    dataset.encode(model, gen)
+    encoder, encoder_for = None, None  # rebuilt only when the lease hands back another model object
     scheduler = DDPMScheduler.from_config(model.scheduler_config)
     prediction = model.family.prediction_type
     loss_value: float | None = None
@@ -272,10 +274,12 @@ def train_embedding(request: TrainEmbeddingRequest, embedding_path: Path, datase
             if job is not None and job.should_stop():
                 break
             model = models()
-            encoder = PromptEncoder(model.tokenizer, model.text_encoder, 1,
-                                    embeddings={name: Embedding(name, embedding_path, {"clip_l": vectors}, "")})
+            if encoder_for is not model:
+                encoder = PromptEncoder(model.tokenizer, model.text_encoder, 1,
+                                        embeddings={name: Embedding(name, embedding_path, {"clip_l": vectors}, "")})
+                encoder_for = model
             picks = [rng.randrange(len(dataset.pictures)) for _ in range(request.batch_size)]
-            x = dataset.latents(picks, request.latent_sampling_method, once, gen).to(model.device)
+            x = dataset.latents(picks, request.latent_sampling_method, gen).to(model.device)
             noise = torch.randn(x.shape, generator=gen).to(model.device)
             t = torch.randint(0, scheduler.config.num_train_timesteps, (len(picks),), generator=gen).to(model.device)
             noisy = scheduler.add_noise(x, noise, t)
