@@ -156,7 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     extensions = load_extensions(settings, easel.features, easel.options)
     log.info("device %s, dtype %s, %d checkpoint(s) under %s", settings.device, settings.dtype,
              len(easel.manager.list()), ", ".join(str(d) for d in settings.checkpoint_dirs))
-    if not settings.skip_load_model_at_start and easel.manager.default_checkpoint() is not None:
+    pool = None
+    if settings.workers == "ray":  # generation on Ray workers; this process keeps the jobs that cannot travel
+        from webui.workers.ray_pool import RayPool
+
+        pool = RayPool(settings, easel.queue).start()
+        log.info("Ray workers: %d wanted; they start in the background and take jobs as they come up",
+                 pool.wanted())
+    elif not settings.skip_load_model_at_start and easel.manager.default_checkpoint() is not None:
         try:
             model = easel.load_model(None)
             log.info("loaded %s", model.info.title)
@@ -168,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         serve(build_app(easel, settings, extensions), settings)
     finally:
+        easel.queue.shutdown()
+        if pool is not None:
+            pool.close()
         easel.close()
     return 0
 

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Easel launcher.
 #   ./launch.sh [flags]   install into .venv (first run only) and start the web UI
-#   ./launch.sh test [pytest args]   also install the test tools and run the whole suite
+#   ./launch.sh test [pytest args]   also install the test tools (and Ray) and run the whole suite
+#   ./launch.sh --workers ray [--ray-workers N | --ray-address ADDR]   also install Ray (requirements-ray.txt)
+#                         and generate on Ray workers, one per GPU, behind this one page (README, "Many GPUs")
+#   ./launch.sh --help    every flag
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -45,6 +48,7 @@ install_reqs requirements.txt
 if [ "${1:-}" = "test" ]; then
   shift
   install_reqs requirements-test.txt
+  install_reqs requirements-ray.txt
   if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
       echo "launch.sh: installing Debian chromium for the browser tests"
@@ -57,5 +61,13 @@ if [ "${1:-}" = "test" ]; then
   export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
   exec "$PY" -m pytest tests "$@"
 fi
+
+prev=""
+for arg in "$@"; do  # Ray is optional: installed when it is asked for
+  if [ "$arg" = "--workers=ray" ] || { [ "$prev" = "--workers" ] && [ "$arg" = "ray" ]; }; then
+    install_reqs requirements-ray.txt
+  fi
+  prev="$arg"
+done
 
 exec "$PY" app.py "$@"

@@ -1,5 +1,6 @@
 """The house plan, checked: each layer imports only the layers below it, no two files import each other,
-and every third-party package Easel's code imports is named in requirements.txt."""
+and every third-party package Easel's code imports is named in requirements.txt (Ray, optional, in
+requirements-ray.txt)."""
 from __future__ import annotations
 
 import ast
@@ -19,8 +20,10 @@ LAYERS = [
     ("webui.gallery",),
     ("webui.jobs",),
     ("webui.settings", "webui.options"),
+    ("webui.runtime",),
     ("webui.services",),
     ("webui.extensions",),
+    ("webui.workers",),
     ("webui.admission", "webui.auth"),
     ("webui.api", "webui.ui", "webui.demo"),
     ("app",),
@@ -91,7 +94,8 @@ def test_every_third_party_import_is_in_requirements():
     """A package Easel imports but does not list works only by the luck of another package's dependencies
     (PyYAML was such a case)."""
     wanted = {re.split(r"[=<>~\[ ;#]", line.strip())[0].lower().replace("_", "-")
-              for line in (ROOT / "requirements.txt").read_text().splitlines() if line.strip() and not line.startswith("#")}
+              for req in ("requirements.txt", "requirements-ray.txt")
+              for line in (ROOT / req).read_text().splitlines() if line.strip() and not line.startswith("#")}
     distributions = importlib.metadata.packages_distributions()
     missing = set()
     for module, path in sources().items():

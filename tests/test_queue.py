@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 import time
 
-from webui.jobs.queue import Job, JobQueue, JobState
+from webui.jobs.queue import Job, JobQueue, JobState, NotOnThisWorker, RemoteWork, WorkerLost
 
 
 def slow_job(steps: int, delay: float = 0.02, gate: threading.Event | None = None,
@@ -95,5 +95,97 @@ def test_eta_is_estimated_from_the_steps_so_far():
         assert eta is not None and 0.05 < eta < 2.0
         assert "step" in job.progress_text() and "ETA" in job.progress_text()
         job.wait(5)
+    finally:
+        q.shutdown()
+
+
+class FakeWorker:
+    """A queue worker without Ray: runs portable jobs' `remote.finish(job, kind)`, holds the checkpoints it
+    ran, and can be told to be lost or to refuse a checkpoint."""
+
+    may_yield = False
+
+    def __init__(self, worker_id: str, lose: int = 0, refuse: str | None = None):
+        self.id, self.alive, self.lose, self.refuse = worker_id, True, lose, refuse
+        self.held: list[str] = []
+        self.ran: list[str] = []
+
+    def accepts(self, job: Job) -> bool:
+        return job.remote is not None
+
+    def holds(self):
+        return self.held
+
+    def describe(self):
+        return {"device": "fake", "models": list(self.held)}
+
+    def execute(self, job: Job):
+        time.sleep(0.02)
+        if job.checkpoint is not None and job.checkpoint == self.refuse:
+            raise NotOnThisWorker(f"worker {self.id} could not load the model: {job.checkpoint} is broken here")
+        if self.lose:
+            self.lose -= 1
+            self.alive = False
+            raise WorkerLost(f"worker {self.id} died during the job")
+        self.ran.append(job.id)
+        self.held = [job.checkpoint] if job.checkpoint else self.held
+        return job.remote.finish(job, job.remote.kind)
+
+
+def portable(checkpoint: str | None = None, owner: str = "a") -> Job:
+    return Job(run=None, owner=owner, checkpoint=checkpoint,
+               remote=RemoteWork("txt2img", None, finish=lambda job, made: f"saved {made} once"))
+
+
+def test_a_free_worker_leaves_a_job_to_the_free_worker_that_holds_its_checkpoint():
+    a, b = FakeWorker("a"), FakeWorker("b")
+    a.held, b.held = ["one"], ["two"]
+    q = JobQueue(workers=[a, b])
+    try:
+        for checkpoint in ["two", "one", "two", "two", "one"]:
+            job = q.submit(portable(checkpoint))
+            assert job.wait(5) and job.result == "saved txt2img once"
+            assert job.worker == ("a" if checkpoint == "one" else "b"), checkpoint
+        assert {w["id"]: w["jobs_done"] for w in q.workers()} == {"a": 2, "b": 3}
+    finally:
+        q.shutdown()
+
+
+def test_a_lost_worker_s_job_runs_once_more_elsewhere_then_fails_with_a_message():
+    first, second = FakeWorker("first", lose=1), FakeWorker("second", lose=1)
+    q = JobQueue(workers=[first])
+    try:
+        q.add_worker(second)
+        job = q.submit(portable())
+        assert job.wait(5)
+        assert job.state is JobState.FAILED and job.lost == 2
+        assert "died during the job" in job.error and "already been retried once" in job.error
+        assert q.worker_count() == 0 or all(not w["alive"] for w in q.workers())
+        third = FakeWorker("third")
+        q.add_worker(third)  # a worker that joins takes the next job
+        again = q.submit(portable())
+        assert again.wait(5) and again.state is JobState.DONE and again.worker == "third"
+    finally:
+        q.shutdown()
+
+
+def test_a_job_one_worker_cannot_load_goes_to_another_and_the_first_keeps_working():
+    picky, fine = FakeWorker("picky", refuse="broken"), FakeWorker("fine")
+    fine.held = ["other"]  # so the picky one, holding nothing, is not passed over for "broken"
+    q = JobQueue(workers=[picky, fine])
+    try:
+        jobs = [q.submit(portable("broken", owner=o)) for o in ("a", "b", "c")]
+        for job in jobs:
+            assert job.wait(5) and job.state is JobState.DONE and job.worker == "fine", job.error
+        assert any("picky" in j.tried for j in jobs)
+        ok = q.submit(portable("fine-ckpt"))
+        assert ok.wait(5) and ok.state is JobState.DONE
+        both_refuse = FakeWorker("also-picky", refuse="broken")
+        q.add_worker(both_refuse)
+        fine.refuse = "broken"
+        bad = q.submit(portable("broken"))
+        assert bad.wait(5) and bad.state is JobState.FAILED
+        assert "could not load the model: broken is broken here" in bad.error
+        assert bad.tried == {"picky", "fine", "also-picky"}
     finally:
         q.shutdown()

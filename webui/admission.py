@@ -32,8 +32,10 @@ from webui.generation.errors import FieldError
 from webui.generation.requests import GenerationParams, Img2ImgRequest
 from webui.generation.zoom import ZoomRequest
 from webui.jobs.queue import Job
-from webui.training.textual_inversion import NAME, Dataset, TrainEmbeddingRequest, learning_rates, templates
+from webui.training.textual_inversion import (NAME, Dataset, TrainEmbeddingRequest, embedding_file, learning_rates,
+                                              templates)
 from webui.models.catalog import CheckpointInfo
+from webui.models.embeddings import SUFFIXES as EMBEDDING_SUFFIXES
 from webui.models.errors import CheckpointNotFound, LoraNotFound, ModelError
 from webui.models.merge import ADD_DIFFERENCE, NO_INTERPOLATION, MergeRecipe, MergeRequest, canonical_method
 from webui.models.lora import extract_lora_tags
@@ -195,9 +197,10 @@ class Admission:
         if kind == "merge":
             return self.prepare_merge(request, caller)
         if kind == "create_embedding":
-            taken = self.easel.settings.models_dir / "embeddings" / f"{request.name}.pt"
-            if taken.exists() and not request.overwrite_old:
-                raise FieldError("name", f"{taken.name} exists (set overwrite_old to replace it)")
+            taken = [path for s in EMBEDDING_SUFFIXES
+                     if (path := self.easel.settings.models_dir / "embeddings" / f"{request.name}{s}").exists()]
+            if taken and not request.overwrite_old:
+                raise FieldError("name", f"{taken[0].name} exists (set overwrite_old to replace it)")
             return Admitted(None, request, None, [], 0.0)  # type: ignore[arg-type]
         if kind == "train":
             return self.prepare_train(request, caller)
@@ -251,21 +254,30 @@ class Admission:
         return Admitted(None, resolved, None, [], work)  # type: ignore[arg-type]
 
     def prepare_train(self, request: TrainEmbeddingRequest, caller: Caller) -> Admitted:
-        """The embedding must exist, the pictures must be in an allowed folder (the data folder or an
-        --extras-folder one) and be at least two readable pictures; the schedule and template must read."""
-        path = self.easel.settings.models_dir / "embeddings" / f"{request.embedding_name}.pt"
-        if not NAME.fullmatch(request.embedding_name) or not path.is_file():
+        """The embedding must exist (.pt or .safetensors); the pictures are a folder in an allowed place (the
+        data folder or an --extras-folder one) or, when `data_root` is empty, the pictures sent in `images`
+        (the page's uploads come this way), at least two readable ones either way; the schedule and template
+        must read. The job gets the decoded dataset, not the base64."""
+        folder = self.easel.settings.models_dir / "embeddings"
+        if not NAME.fullmatch(request.embedding_name) or embedding_file(folder, request.embedding_name) is None:
             raise FieldError("embedding_name", f"no embedding {request.embedding_name!r} in models/embeddings "
                                                "(create it first)")
-        if not request.data_root:
-            raise FieldError("data_root", "name a folder of pictures")
-        try:
-            folder = self.easel.extras_folder(request.data_root)
-        except FieldError as e:
-            raise FieldError("data_root", e.message) from None
+        if request.data_root and request.images:
+            raise FieldError("images", "send pictures or name a folder in data_root, not both")
+        if not request.data_root and not request.images:
+            raise FieldError("data_root", "name a folder of pictures (or send the pictures in images)")
         learning_rates(request.learn_rate, request.steps)
         templates(request.template_filename)
-        dataset = Dataset.from_folder(folder, request.training_width, request.training_height)
+        if request.data_root:
+            try:
+                pictures = self.easel.extras_folder(request.data_root)
+            except FieldError as e:
+                raise FieldError("data_root", e.message) from None
+            dataset = Dataset.from_folder(pictures, request.training_width, request.training_height)
+        else:
+            dataset = Dataset.from_sent(request.images, request.captions, request.training_width,
+                                        request.training_height)
+            request = request.model_copy(update={"images": [], "captions": []})
         work = request.steps * request.batch_size * request.training_width * request.training_height / 1e6
         return Admitted(None, (request, dataset), None, [], work)  # type: ignore[arg-type]
 

@@ -8,53 +8,37 @@ engine (or the zoom, or the canvas box), and save through the store.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
-from webui.features import StyleLibrary, register_features
 from webui.errors import FieldError
+from webui.features import StyleLibrary
 from webui.features.extras import run_extras
 from webui.features.travel import StoreFrames, TravelRequest, TravelVideo, resume_folder, run_travel, save_travel
 from webui.gallery.embedder import find_embedder
 from webui.gallery.index import GalleryIndex
 from webui.gallery.service import Gallery
-from webui.generation.builtins import register_builtins
-from webui.generation.engine import Engine, GenerationResult
-from webui.generation.extension_points import FeatureRegistry
-from webui.memory import release_freed_memory
+from webui.generation.engine import GenerationResult
 from webui.generation.noise import pick_seed
-from webui.generation.outpaint import OutpaintRequest, plan_box
-from webui.generation.requests import GenerationParams, Txt2ImgRequest
+from webui.generation.requests import Txt2ImgRequest
 from webui.generation.zoom import ZoomRequest, ZoomVideo, run_zoom, save_zoom
-from webui.images.preview import Previewer
 from webui.images.owners import OwnerIndex
 from webui.images.store import ImageStore, png_bytes
-from webui.jobs.queue import Job, JobQueue
-from webui.models.catalog import Catalog, HashCache
-from webui.models.controlnet import ControlNetLibrary
-from webui.models.embeddings import EmbeddingLibrary
+from webui.jobs.queue import Job, JobQueue, LocalWorker, RemoteWork
+from webui.memory import release_freed_memory
 from webui.models.errors import ModelError
 from webui.models.loader import LoadedModel, default_size_unloaded
-from webui.models.lora import LoraLibrary
-from webui.models.manager import ModelManager, TierBudget
 from webui.models.merge import MergeRecipe, merge_checkpoints
-from webui.models.speed import prepare as prepare_for_speed
-from webui.models.upscalers import UpscalerLibrary
-from webui.models.speed import xformers_problem
-from webui.models.vae import AUTOMATIC, NONE, VaeLibrary, apply_vae
 from webui.options import OptionRegistry
+from webui.runtime import PORTABLE_KINDS, ModelLease, Runtime
 from webui.training.textual_inversion import (CreateEmbeddingRequest, Dataset, TrainEmbeddingRequest, TrainResult,
                                               create_embedding, train_embedding)
 from webui.settings import Settings
 
 log = logging.getLogger(__name__)
 
-VAE_CHOICES = (AUTOMATIC, NONE)
 # job kind -> the outputs folder its images are saved in
 OUTPUT_FOLDERS = {"txt2img": "txt2img-images", "img2img": "img2img-images", "outpaint": "outpaint-images"}
 JOB_KINDS = (*OUTPUT_FOLDERS, "zoom", "travel", "extras", "merge", "load", "create_embedding", "train")
@@ -68,100 +52,48 @@ class SavedResult:
     paths: list[Path] = field(default_factory=list)
 
 
-class ModelLease:
-    """The checkpoint a job is using, pinned in the cache until the job lets go: when it gives others a
-    turn, when it switches to another checkpoint (a hires pass, a script's cell; the previous one may
-    then leave the device), and when it ends. Called as the engine's `models` source."""
-
-    def __init__(self, easel: "Easel", job: Job):
-        self.easel = easel
-        self.job = job
-        self.held: LoadedModel | None = None
-
-    def __call__(self, name: str | None, vae: str | None) -> LoadedModel:
-        if self.held is not None and self.held.info.path != self.easel.manager.resolve(name).path:
-            self.release()
-        if self.held is None:
-            self.job.set_stage(f"loading {name or 'default checkpoint'}")
-        model = self.easel.load_model(name, vae)  # already on the device: no work
-        if self.held is not model:
-            self.release()
-            self.easel.manager.pin(model)
-            self.held = model
-        self.job.latent_family = model.family.name  # for the job's live previews
-        return model
-
-    def release(self) -> None:
-        if self.held is not None:
-            self.easel.manager.unpin(self.held)
-            self.held = None
-
-
 class Easel:
-    def __init__(self, settings: Settings, manager: ModelManager, queue: JobQueue, engine: Engine,
-                 store: ImageStore, options: OptionRegistry | None = None, styles: StyleLibrary | None = None,
-                 owners: OwnerIndex | None = None, upscalers: UpscalerLibrary | None = None,
-                 controlnets: ControlNetLibrary | None = None, gallery: Gallery | None = None):
+    """The front end's services: the queue and its workers, the store, the gallery, owners, styles, options,
+    and the in-process `Runtime` (the device side: models, engine, libraries; see webui/runtime.py)."""
+
+    def __init__(self, settings: Settings, runtime: Runtime, queue: JobQueue, store: ImageStore,
+                 options: OptionRegistry | None = None, styles: StyleLibrary | None = None,
+                 owners: OwnerIndex | None = None, gallery: Gallery | None = None):
         self.settings = settings
-        self.manager = manager
+        self.runtime = runtime
         self.queue = queue
-        self.engine = engine
         self.store = store
-        self.features: FeatureRegistry = engine.features
+        self.manager = runtime.manager
+        self.engine = runtime.engine
+        self.features = runtime.features
+        self.upscalers = runtime.upscalers
+        self.controlnets = runtime.controlnets
+        self.vaes = runtime.vaes
+        self.previews = runtime.previews
+        self.speed = runtime.speed
         self.options = options or OptionRegistry()
         self.styles = styles or StyleLibrary(settings.styles_files, settings.data_dir / "styles.csv")
         self.owners = owners  # who made each output (the file routes check it when logins are on)
         self.gallery = gallery  # the index of every output, searched by the Gallery tab and /easel/v1/images
-        self.upscalers = upscalers or upscaler_library(settings, manager)
-        self.controlnets = controlnets or ControlNetLibrary(settings.models_dir / "ControlNet",
-                                                            manager.catalog.hashes, manager.get_model, settings.device)
-        self.vaes = VaeLibrary(settings.models_dir / "VAE", manager.catalog.hashes)
-        self.previews = Previewer(settings.models_dir / "VAE-approx")
-        self.speed = settings.speed
-        if self.speed.attention == "xformers":
-            problem = xformers_problem(settings.device)
-            if problem:
-                log.warning("--xformers: %s; using PyTorch SDPA attention instead", problem)
-                self.speed = dataclasses.replace(self.speed, attention="sdpa")
 
     @classmethod
     def create(cls, settings: Settings) -> "Easel":
-        for sub in ("Stable-diffusion", "VAE", "VAE-approx", "Lora", "embeddings", "ESRGAN", "ControlNet"):
-            (settings.models_dir / sub).mkdir(parents=True, exist_ok=True)
-        hashes = HashCache(settings.cache_dir / "hashes.json")
-        catalog = Catalog(settings.checkpoint_dirs, hashes, settings.fallback_checkpoints, settings.follow_model_links)
-        manager = ModelManager(
-            catalog, settings.device, settings.dtype,
-            device_budget=TierBudget(settings.models_on_device, settings.device_cache_gb),
-            ram_budget=TierBudget(settings.models_in_ram, settings.ram_cache_gb),
-            preferred=settings.ckpt,
-            offloads=settings.speed.offloads,
-        )
-        embeddings = EmbeddingLibrary(settings.models_dir / "embeddings", hashes)
-        embeddings.refresh()
-        vaes = VaeLibrary(settings.models_dir / "VAE", hashes)
+        """The services for these settings. With `--workers ray` the in-process worker keeps only the jobs that
+        cannot travel (zoom, travel, training, merges, extras); app.py then adds the Ray workers."""
         styles = StyleLibrary(settings.styles_files, settings.data_dir / "styles.csv")
-        upscalers = upscaler_library(settings, manager)
-        controlnets = ControlNetLibrary(settings.models_dir / "ControlNet", hashes, manager.get_model, settings.device)
-        features = register_features(
-            register_builtins(FeatureRegistry()), styles=styles, wildcards=settings.wildcards_dir, upscalers=upscalers,
-            controlnets=controlnets,
-            checkpoint_exists=lambda name: _exists(catalog.find, name),
-            checkpoint_titles=lambda: [c.title for c in catalog.items()],
-            vae_exists=lambda name: any(name in (f.name, f.path.stem) for f in vaes.files()) or name in VAE_CHOICES,
-        )
-        engine = Engine(embeddings, LoraLibrary(settings.models_dir / "Lora", hashes), features, settings.nan_check)
+        runtime = Runtime.create(settings, styles)
         owners = OwnerIndex(settings.cache_dir / "owners.sqlite")
         logins = bool(settings.ui_credentials or settings.api_credentials)
-        queue = JobQueue(max_queued=settings.limits.max_queued_jobs, after_each=release_freed_memory)
+        local = LocalWorker(str(settings.device), models=lambda: runtime.loaded_names(),
+                            remote_jobs=settings.workers == "local", after_each=release_freed_memory)
+        queue = JobQueue(max_queued=settings.limits.max_queued_jobs, workers=[local])
         gallery = Gallery(GalleryIndex(settings.cache_dir / "gallery.sqlite"), settings.outputs_dir,
                           settings.cache_dir / "thumbnails", folders=[Path(f) for f in settings.gallery_folders],
                           owner_of=owners.owner_of, busy=lambda: queue.current is not None,
                           embedder=lambda: find_embedder(settings.models_dir, settings.device))
-        store = ImageStore(settings.outputs_dir, hooks=[owners, features, gallery], private_names=logins)
+        store = ImageStore(settings.outputs_dir, hooks=[owners, runtime.features, gallery], private_names=logins)
         store.remove_leftovers()  # temp files of a process that was killed mid-write
-        return cls(settings, manager, queue, engine, store, styles=styles, owners=owners, upscalers=upscalers,
-                   controlnets=controlnets, gallery=gallery)
+        return cls(settings, runtime, queue, store, styles=styles, owners=owners, gallery=gallery)
 
     def close(self) -> None:
         self.queue.shutdown()
@@ -180,11 +112,8 @@ class Easel:
         self.styles.refresh()
 
     def load_model(self, name: str | None, vae: str | None = None) -> LoadedModel:
-        """The checkpoint on the device with the chosen VAE (see webui.models.vae) in place."""
-        model = self.manager.get(name)
-        apply_vae(model, self.vaes, vae)
-        prepare_for_speed(model, self.speed)
-        return model
+        """The checkpoint on this process's device with the chosen VAE in place (Runtime.load_model)."""
+        return self.runtime.load_model(name, vae)
 
     def default_size_for(self, name: str | None) -> tuple[int, int]:
         """The trained size of a checkpoint, without loading it (see loader.default_size_unloaded)."""
@@ -211,10 +140,13 @@ class Easel:
         fairness. Admission calls this after checking the request; nothing else should (tests aside).
         TooManyJobs when the owner already has the server's maximum waiting."""
         task: Callable[[Job, ModelLease], Any]
-        if kind in ("txt2img", "img2img"):
-            task = self._generation(request, OUTPUT_FOLDERS[kind] if save else None)
-        elif kind == "outpaint":
-            task = self._outpaint(request, OUTPUT_FOLDERS[kind] if save else None)
+        remote: RemoteWork | None = None
+        if kind in PORTABLE_KINDS:  # generated by a runtime (this process's or a remote worker's), saved here
+            folder = OUTPUT_FOLDERS.get(kind) if save else None
+            finish = (lambda job, made: made) if kind == "load" else (  # noqa: E731
+                lambda job, made: self._save(job, made, folder))
+            task = lambda job, lease: finish(job, self.runtime.run(kind, request, job, lease))  # noqa: E731
+            remote = RemoteWork(kind, request, finish)
         elif kind == "zoom":
             task = self._zoom(request)
         elif kind == "travel":
@@ -228,13 +160,11 @@ class Easel:
             task = self._create_embedding(request)
         elif kind == "train":
             task = self._train(*request)  # (request, its dataset) from admission
-        elif kind == "load":
-            task = lambda job, lease: lease(request, None).info.title  # noqa: E731
         else:
             raise ValueError(f"unknown job kind {kind!r}")
 
         def run(job: Job) -> Any:
-            lease = ModelLease(self, job)
+            lease = ModelLease(self.runtime, job)
             job.before_yield.append(lease.release)
             try:
                 done = task(job, lease)
@@ -246,7 +176,7 @@ class Easel:
 
         checkpoint = request if kind == "load" else getattr(request, "checkpoint", None)
         return self.queue.submit(Job(run=run, description=kind, owner=owner, previewer=self.previews.image,
-                                     checkpoint=self.checkpoint_key(checkpoint), work=work))
+                                     checkpoint=self.checkpoint_key(checkpoint), work=work, remote=remote))
 
     def _save(self, job: Job, result: GenerationResult, folder: str | None) -> SavedResult:
         """The images under `folder` (grids, from a script, under `<kind>-grids`, as A1111 does)."""
@@ -258,24 +188,6 @@ class Easel:
             paths = [self.store.save(img, info, grid_folder if grid else folder, seed, owner=job.owner)
                      for img, info, seed, grid in zip(result.images, result.infotexts, result.seeds, grids)]
         return SavedResult(result, paths)
-
-    def _generation(self, request: GenerationParams, folder: str | None) -> Callable[[Job, ModelLease], Any]:
-        """txt2img, img2img, sketch and inpainting (a request with a mask), or the request's script."""
-        def work(job: Job, lease: ModelLease) -> SavedResult:
-            model = lease(request.checkpoint, request.vae)
-            return self._save(job, self.engine.generate(model, request, job, lease), folder)
-        return work
-
-    def _outpaint(self, request: OutpaintRequest, folder: str | None) -> Callable[[Job, ModelLease], Any]:
-        """One box of the outpaint canvas: txt2img, img2img or outpaint by how much of it is painted
-        (webui/generation/outpaint.py). Every image comes back as the whole box, ready to lay on the canvas."""
-        def work(job: Job, lease: ModelLease) -> SavedResult:
-            plan = plan_box(request)
-            result = self.engine.generate(lease(request.checkpoint, request.vae), plan.request, job, lease)
-            result.images = [plan.finish(image) for image in result.images]
-            result.extra["box_kind"] = plan.kind
-            return self._save(job, result, folder)
-        return work
 
     def _zoom(self, request: ZoomRequest) -> Callable[[Job, ModelLease], Any]:
         """An infinite-zoom video: keyframes, then the mp4 under outputs/zoom/DATE/. An interrupted job
@@ -370,17 +282,3 @@ class Easel:
 
 class MergeInterrupted(Exception):
     pass
-
-
-def upscaler_library(settings: Settings, manager: ModelManager) -> UpscalerLibrary:
-    """The upscalers in A1111's folders, cached in the model manager's typed cache."""
-    return UpscalerLibrary(settings.models_dir, manager.get_model, settings.device,
-                           half=settings.dtype == torch.float16, tile=settings.upscaler_tile)
-
-
-def _exists(find: Callable[[str], Any], name: str) -> bool:
-    try:
-        find(name)
-        return True
-    except ModelError:
-        return False

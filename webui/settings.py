@@ -83,7 +83,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_limit_arguments(p)
     add_extension_arguments(p)
     add_access_arguments(p)
+    add_worker_arguments(p)
     return p
+
+
+def add_worker_arguments(p: argparse.ArgumentParser) -> None:
+    """Where generation runs: this process, or Ray workers (one per GPU; pip install -r requirements-ray.txt)."""
+    wrk = p.add_argument_group("workers (many GPUs through Ray; optional: pip install -r requirements-ray.txt)")
+    wrk.add_argument("--workers", choices=["local", "ray"], default="local",
+                     help="local: generate in this process (default); ray: on Ray workers, one per GPU (or CPU "
+                          "slot), behind this one page, API and queue")
+    wrk.add_argument("--ray-workers", type=int, default=0, metavar="N",
+                     help="with --workers ray: start N workers (on a local Ray cluster Easel starts, or on the "
+                          "cluster of --ray-address); default: one per GPU of the cluster")
+    wrk.add_argument("--ray-address", default=None, metavar="ADDR",
+                     help="with --workers ray: join this Ray cluster (e.g. 10.0.0.5:6379, or 'auto') instead of "
+                          "starting a local one; every GPU in it becomes a worker, also those of hosts that join later")
+    wrk.add_argument("--worker-timeout", type=float, default=300.0, metavar="S",
+                     help="a worker whose job shows no progress for this long is taken as hung: it is stopped and "
+                          "the job is retried once on another worker (default 300)")
 
 
 def add_limit_arguments(p: argparse.ArgumentParser) -> None:
@@ -238,6 +256,7 @@ class Settings:
     ckpt: str | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
+    precision: str = "auto"  # the --precision asked for ("fp32" with --no-half): a worker picks its dtype from it
     xformers: bool = False
     speed: SpeedOptions = field(default_factory=SpeedOptions)
     models_on_device: int = 1
@@ -260,6 +279,10 @@ class Settings:
     api_credentials: dict[str, str] = field(default_factory=dict, repr=False)
     admin_users: tuple[str, ...] = ()
     cmd_flags: dict[str, Any] = field(default_factory=dict, repr=False)  # logins blanked
+    workers: str = "local"  # "local" | "ray"
+    ray_workers: int = 0  # 0 = one per GPU of the cluster
+    ray_address: str | None = None
+    worker_timeout: float = 300.0
 
     @property
     def models_dir(self) -> Path:
@@ -357,6 +380,7 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         ckpt=args.ckpt,
         device=device,
         dtype=pick_dtype(args.precision, args.no_half, device),
+        precision="fp32" if args.no_half else args.precision,
         xformers=args.xformers,
         speed=SpeedOptions(
             offload="sequential" if args.lowvram else "model" if args.medvram or args.medvram_sdxl else "none",
@@ -385,4 +409,8 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         api_credentials=api_credentials,
         admin_users=admin_users,
         cmd_flags=public_flags(args),
+        workers=args.workers,
+        ray_workers=max(0, args.ray_workers),
+        ray_address=args.ray_address,
+        worker_timeout=max(1.0, args.worker_timeout),
     )

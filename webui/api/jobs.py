@@ -23,7 +23,7 @@ from .context import ApiContext, Caller, caller_dependency, job_answer
 from .errors import ApiError, EaselRoute, InvalidFields, field_error, printable
 from .images import decode_image
 from .results import job_status
-from .schemas import EASEL_JOB_KINDS, JobList, JobStatus, JobSubmitted
+from .schemas import EASEL_JOB_KINDS, JobList, JobStatus, JobSubmitted, WorkerList
 
 # The zoom body: ZoomRequest's own fields, with the first image as base64 (for the schema only; the
 # body is validated by ZoomRequest itself after the image is decoded).
@@ -93,6 +93,12 @@ def easel_router(ctx: ApiContext) -> APIRouter:
         if video is None or video.video is None or not video.video.is_file():
             raise ApiError(404, f"job {job_id!r} has no video (yet)")
         return FileResponse(video.video, media_type="video/mp4", filename=video.video.name)
+
+    @router.get("/workers", response_model=WorkerList)
+    def workers(caller: CallerDep) -> WorkerList:
+        """Where jobs run: the in-process worker and, with `--workers ray`, each Ray worker (its device, the
+        checkpoints it holds, the job it runs, jobs done and errors)."""
+        return WorkerList(workers=queue.workers())
 
     @router.get("/jobs", response_model=JobList)
     def list_jobs(caller: CallerDep) -> JobList:

@@ -151,7 +151,7 @@ def job_fields(job: Job, position: int) -> dict[str, Any]:
     return {
         "id": job.id, "state": job.state, "stage": job.stage, "progress": job.progress,
         "eta_seconds": job.eta_seconds, "position": position, "step": job.step, "total_steps": job.total_steps,
-        "error": job.error, "interrupted": job.interrupted, "text": job.progress_text(position),
+        "error": job.error, "interrupted": job.interrupted, "text": job.progress_text(position), "worker": job.worker,
     }
 
 

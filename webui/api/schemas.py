@@ -403,6 +403,7 @@ class JobView(BaseModel):
     error: str | None = None
     interrupted: bool = False
     text: str = Field("", description="progress in words")
+    worker: str | None = Field(None, description="the worker running it, or that ran it ('local' in-process)")
 
 
 class VideoInfo(BaseModel):
@@ -427,6 +428,20 @@ class JobStatus(JobView):
                                                        "with keyframes_only: the keyframes' stills)")
     info: dict[str, Any] | None = Field(None, description="as in /sdapi/v1/txt2img and img2img, once finished")
     video: VideoInfo | None = Field(None, description="a video job's mp4, once finished")
+
+
+class WorkerStatus(BaseModel):
+    id: str = Field(description="'local' for this process's own worker; 'ray-N' for Ray workers")
+    device: str
+    models: list[str] = Field(description="the checkpoints it holds, by name")
+    current_job: str | None = None
+    jobs_done: int
+    errors: int
+    alive: bool = True
+
+
+class WorkerList(BaseModel):
+    workers: list[WorkerStatus]
 
 
 class JobList(BaseModel):

@@ -31,13 +31,15 @@ def training_router(ctx: ApiContext) -> APIRouter:
 
     @router.post("/create/embedding")
     async def create(body: CreateEmbeddingRequest, caller: CallerDep) -> dict:  # type: ignore[valid-type]
-        """A new embedding in models/embeddings, started from the init text's token embeddings."""
+        """A new embedding in models/embeddings, started from the init text's token embeddings (`.pt`, or
+        `.safetensors` with Easel's `file_format`; SDXL's are `.safetensors` with `clip_l` and `clip_g`)."""
         job = await finished("create_embedding", body, caller)
         return {"info": f"Embedding created: {job.result.name}"}
 
     @router.post("/train/embedding")
     async def train(body: TrainEmbeddingRequest, caller: CallerDep) -> dict:  # type: ignore[valid-type]
-        """Train an embedding on a folder of pictures (A1111's fields) and wait for it."""
+        """Train an embedding on a folder of pictures (A1111's fields), or on pictures sent as base64 in `images`
+        with optional `captions` (Easel's), and wait for it."""
         job = await finished("train", body, caller)
         result = job.result
         state = "interrupted" if result.interrupted else "finished"

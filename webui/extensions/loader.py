@@ -14,6 +14,7 @@ import json
 import logging
 import sys
 import traceback
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -25,6 +26,8 @@ from webui.settings import Settings
 from .interface import ApiServices, ExtensionContext, UiServices
 
 log = logging.getLogger(__name__)
+
+PACKAGE = "easel_extensions"  # extensions are imported as easel_extensions.<name>
 
 
 @dataclass
@@ -130,12 +133,16 @@ def load_one(name: str, folder: Path, features: FeatureRegistry, options: Option
 
 
 def _import(name: str, folder: Path):
-    module_name = f"easel_extensions.{name.replace('-', '_')}"
+    module_name = f"{PACKAGE}.{name.replace('-', '_')}"
     spec = importlib.util.spec_from_file_location(module_name, folder / "__init__.py",
                                                   submodule_search_locations=[str(folder)])
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import {folder}")
     module = importlib.util.module_from_spec(spec)
+    if PACKAGE not in sys.modules:  # the parent, so the module can be imported by name (pickle does, for
+        parent = types.ModuleType(PACKAGE, "Easel's loaded extensions")  # a request sent to a Ray worker)
+        parent.__path__ = []
+        sys.modules[PACKAGE] = parent
     sys.modules[module_name] = module  # so the package's own relative imports work
     try:
         spec.loader.exec_module(module)

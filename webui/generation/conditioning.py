@@ -197,10 +197,12 @@ class PromptEncoder:
         finally:
             handle.remove()
 
-    def encode_for_training(self, text: str) -> torch.Tensor:
-        """[1, 77·n, width] like `encode`, without the cache and with gradients flowing to the embeddings'
-        vectors (textual-inversion training; webui/training/textual_inversion.py)."""
-        return torch.cat([self._encode_chunk(c)[0] for c in self.chunks(text)], dim=1)
+    def encode_for_training(self, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(conditioning [1, 77·n, width], pooled or None) like `encode` and `pooled`, without the cache and
+        with gradients flowing to the embeddings' vectors (textual-inversion training;
+        webui/training/textual_inversion.py)."""
+        parts = [self._encode_chunk(c) for c in self.chunks(text)]
+        return torch.cat([z for z, _ in parts], dim=1), parts[0][1]
 
     @torch.no_grad()
     def _encoded(self, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -246,6 +248,11 @@ class DualPromptEncoder:
     @torch.no_grad()
     def pooled(self, text: str) -> torch.Tensor | None:
         return self.second.pooled(text)
+
+    def encode_for_training(self, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`encode` and `pooled` together, with gradients flowing to both halves of an SDXL embedding."""
+        (a, _), (b, pooled) = self.first.encode_for_training(text), self.second.encode_for_training(text)
+        return torch.cat([a, b.to(a.dtype)], dim=-1), pooled
 
     @torch.no_grad()
     def empty_chunk(self) -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch
 
 from webui import __version__
 from webui.images.infotext import create_infotext
-from webui.models.embeddings import EmbeddingLibrary
+from webui.models.embeddings import Embedding, EmbeddingLibrary
 from webui.models.loader import LoadedModel
 from webui.models.lora import LoraFile, LoraLibrary, activate_loras, extract_lora_tags
 
@@ -90,6 +90,25 @@ def sdxl_added_conditioning(model: LoadedModel, req: GenerationParams, cond: Sch
     return {"text_embeds": pooled.to(model.device, model.dtype), "time_ids": time_ids}
 
 
+def prompt_encoder_for(model: LoadedModel, clip_skip: int,
+                       embeddings: dict[str, Embedding]) -> PromptEncoder | DualPromptEncoder:
+    """The model's prompt encoder (both of SDXL's side by side) knowing `embeddings` by name; generation
+    passes the library, textual-inversion training the one embedding it trains."""
+    if model.text_encoder_2 is None:
+        return PromptEncoder(model.tokenizer, model.text_encoder, clip_skip, embeddings=embeddings,
+                             device=model.device)
+    # SDXL: an embedding is usable only with vectors for both encoders (clip_l and clip_g), or
+    # the two would chunk the prompt differently
+    widths = (model.text_encoder.config.hidden_size, model.text_encoder_2.config.hidden_size)
+    both = {n: e for n, e in embeddings.items() if all(e.for_width(w) is not None for w in widths)}
+    return DualPromptEncoder(
+        PromptEncoder(model.tokenizer, model.text_encoder, clip_skip, embeddings=both, layer="penultimate",
+                      device=model.device),
+        PromptEncoder(model.tokenizer_2, model.text_encoder_2, clip_skip, embeddings=both, layer="penultimate",
+                      device=model.device),
+    )
+
+
 class Engine:
     """Holds no model: every call gets the model and request it works on. The embeddings library is
     shared (read-only here) so prompts can name textual-inversion embeddings; the feature registry
@@ -104,19 +123,7 @@ class Engine:
 
     def prompt_encoder(self, model: LoadedModel, clip_skip: int) -> PromptEncoder | DualPromptEncoder:
         library = self.embeddings.snapshot() if self.embeddings is not None else {}
-        if model.text_encoder_2 is None:
-            return PromptEncoder(model.tokenizer, model.text_encoder, clip_skip, embeddings=library,
-                                 device=model.device)
-        # SDXL: an embedding is usable only with vectors for both encoders (clip_l and clip_g), or
-        # the two would chunk the prompt differently
-        widths = (model.text_encoder.config.hidden_size, model.text_encoder_2.config.hidden_size)
-        both = {n: e for n, e in library.items() if all(e.for_width(w) is not None for w in widths)}
-        return DualPromptEncoder(
-            PromptEncoder(model.tokenizer, model.text_encoder, clip_skip, embeddings=both, layer="penultimate",
-                          device=model.device),
-            PromptEncoder(model.tokenizer_2, model.text_encoder_2, clip_skip, embeddings=both, layer="penultimate",
-                          device=model.device),
-        )
+        return prompt_encoder_for(model, clip_skip, library)
 
     # -- job kinds -------------------------------------------------------------------------------
     def txt2img(self, model: LoadedModel, req: Txt2ImgRequest, progress: ProgressSink | None = None,

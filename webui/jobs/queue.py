@@ -15,6 +15,14 @@ Long jobs (many batches, videos, training) call `job.yield_turn()` between their
 another owner has a job waiting, the worker runs that one job right there, then the long job goes
 on (it takes its model back first: the job in between may have swapped it away). So a short job
 waits for one unit of a long job, not for all of it.
+
+Workers: the queue hands jobs to one or more `Worker`s, each with its own thread here. By default that
+is one `LocalWorker`, this process's device. Remote workers (webui/workers: Ray actors, one per GPU) take
+the jobs that can travel (`Job.remote`); a free worker takes the next job in the fair order that it can
+run, leaving a job whose checkpoint another free worker already holds to that worker (model affinity). A
+worker that is lost mid-job (`WorkerLost`: died, hung) has the job put back at the head of its owner's
+line once, for another worker; one that cannot run a job (`NotOnThisWorker`: cannot load its checkpoint)
+passes it to the workers that have not tried it yet.
 """
 from __future__ import annotations
 
@@ -25,13 +33,31 @@ import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable
+from typing import Any, Callable, Collection, Protocol
 
 import torch
 
 from webui.errors import TooManyJobs
 
 log = logging.getLogger(__name__)
+
+
+class WorkerLost(Exception):
+    """The worker died or stopped answering during a job; the job may run again elsewhere."""
+
+
+class NotOnThisWorker(Exception):
+    """This worker cannot run the job (e.g. it cannot load the checkpoint); another may."""
+
+
+@dataclass
+class RemoteWork:
+    """A job in a form that can run in another process: its kind and typed request (picklable), and what
+    this process does with the result there (save it, fire the image-saved event)."""
+
+    kind: str
+    request: Any
+    finish: Callable[["Job", Any], Any] = field(repr=False)
 
 
 class JobState(str, Enum):
@@ -65,6 +91,10 @@ class Job:
     latest_latents: torch.Tensor | None = field(default=None, repr=False)
     latent_family: str = "sd1"  # which latent space latest_latents are in (for previews)
     previewer: Callable[[torch.Tensor | None, str], Any] | None = field(default=None, repr=False)
+    remote: RemoteWork | None = field(default=None, repr=False)  # set when the job can run on a remote worker
+    worker: str | None = None  # the worker running (or that ran) it
+    tried: set[str] = field(default_factory=set, repr=False)  # workers that could not run it or were lost
+    lost: int = 0  # times its worker was lost mid-job
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
     _callbacks: list[Callable[["Job"], None]] = field(default_factory=list, repr=False)
@@ -189,10 +219,12 @@ class FairOrder:
     def __contains__(self, job: Job) -> bool:
         return job in self._queues.get(job.owner, ())
 
-    def add(self, job: Job) -> None:
+    def add(self, job: Job, first: bool = False) -> None:
+        """Queue a job at the end of its owner's line (`first`: at its head, for a job put back)."""
         if job.owner not in self.work:  # (back) in line: level with the least served, no banked credit
             self.work[job.owner] = min((self.work[o] for o in self._queues if o in self.work), default=0.0)
-        self._queues.setdefault(job.owner, deque()).append(job)
+        queue = self._queues.setdefault(job.owner, deque())
+        queue.appendleft(job) if first else queue.append(job)
 
     def charge(self, owner: str, work: float) -> None:
         """Count work done for an owner (a job started; its cost)."""
@@ -215,12 +247,16 @@ class FairOrder:
     def jobs(self) -> list[Job]:
         return [job for queue in self._queues.values() for job in queue]
 
-    def pop(self, exclude: str | None = None) -> Job | None:
-        """Take the next job to run and advance the round (`exclude`: not this owner's, for a turn given
-        away by a running job of theirs)."""
-        queues = self._queues if exclude is None else OrderedDict((o, q) for o, q in self._queues.items()
-                                                                  if o != exclude)
-        owner, new_round = self._next_owner(queues, self._served - {exclude}, self.loaded, self.work)
+    def pop(self, exclude: str | None = None, accept: Callable[[Job], bool] | None = None,
+            loaded: Collection[str] | None = None) -> Job | None:
+        """Take the next job to run and advance the round. `exclude`: not this owner's (a turn given away by
+        a running job of theirs); `accept`: only a job this passes (what the asking worker can run: each
+        owner's next job is considered, never one behind it); `loaded`: the checkpoints the asking worker
+        holds (default: the last one a job named)."""
+        queues = OrderedDict((o, q) for o, q in self._queues.items()
+                             if o != exclude and q and (accept is None or accept(q[0])))
+        held = (self.loaded,) if loaded is None else loaded
+        owner, new_round = self._next_owner(queues, self._served - {exclude}, held, self.work)
         if owner is None:
             return None
         if new_round:
@@ -240,7 +276,7 @@ class FairOrder:
         queues = OrderedDict((o, deque(q)) for o, q in self._queues.items())
         served, loaded, order, work = set(self._served), self.loaded, [], dict(self.work)
         while True:
-            owner, new_round = self._next_owner(queues, served, loaded, work)
+            owner, new_round = self._next_owner(queues, served, (loaded,), work)
             if owner is None:
                 return order
             if new_round:
@@ -256,7 +292,8 @@ class FairOrder:
 
     @staticmethod
     def _next_owner(
-        queues: OrderedDict[str, deque[Job]], served: set[str], loaded: str | None, work: dict[str, float]
+        queues: OrderedDict[str, deque[Job]], served: set[str], loaded: Collection[str | None],
+        work: dict[str, float]
     ) -> tuple[str | None, bool]:
         """(owner whose turn it is, whether that starts a new round)."""
         owners = [o for o, q in queues.items() if q]
@@ -270,30 +307,126 @@ class FairOrder:
         candidates = owners if new_round else waiting
         for owner in candidates:
             wanted = queues[owner][0].checkpoint
-            if wanted is not None and wanted == loaded:
+            if wanted is not None and wanted in loaded:
                 return owner, new_round
         return candidates[0], new_round
 
 
+class Worker(Protocol):
+    """Where jobs run. `execute` runs one job and returns its result (raising `WorkerLost` or
+    `NotOnThisWorker` when the job should go elsewhere); `holds` names the checkpoints it has loaded
+    (for affinity; None: the fair order's own memory of the last one) and must be quick: the queue asks
+    under its lock."""
+
+    id: str
+    may_yield: bool  # its jobs may give other owners a turn on it (in-process only)
+
+    @property
+    def alive(self) -> bool: ...
+
+    def accepts(self, job: Job) -> bool: ...
+
+    def holds(self) -> Collection[str] | None: ...
+
+    def execute(self, job: Job) -> Any: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+class LocalWorker:
+    """This process's device: runs a job's own `run`. With `remote_jobs=False` it leaves the jobs that can
+    travel (`Job.remote`) to remote workers and runs only the others (zoom, travel, training, merges…)."""
+
+    id = "local"
+    may_yield = True
+    alive = True
+
+    def __init__(self, device: str = "", models: Callable[[], list[str]] = list, remote_jobs: bool = True,
+                 after_each: Callable[[], Any] | None = None):
+        self.device = device
+        self._models = models
+        self.remote_jobs = remote_jobs
+        self.after_each = after_each  # after every job (Easel: give freed memory back to the system)
+
+    def accepts(self, job: Job) -> bool:
+        return self.remote_jobs or job.remote is None
+
+    def holds(self) -> None:
+        return None  # one worker: the order's memory of the last checkpoint is what this device holds
+
+    def execute(self, job: Job) -> Any:
+        try:
+            return job.run(job)
+        finally:
+            if self.after_each is not None:
+                try:
+                    self.after_each()
+                except Exception:
+                    log.exception("the after-job step failed")
+
+    def describe(self) -> dict[str, Any]:
+        return {"device": self.device, "models": self._models()}
+
+
+@dataclass(eq=False)
+class WorkerSlot:
+    """A worker as the queue sees it: its thread, what it runs now, and its record."""
+
+    worker: Worker
+    running: list[Job] = field(default_factory=list)  # the job running, and the one that gave it its turn
+    jobs_done: int = 0
+    errors: int = 0
+    thread: threading.Thread | None = field(default=None, repr=False)
+
+    def status(self) -> dict[str, Any]:
+        described = self.worker.describe()
+        return {"id": self.worker.id, "device": described.get("device", ""), "models": described.get("models", []),
+                "current_job": self.running[-1].id if self.running else None, "jobs_done": self.jobs_done,
+                "errors": self.errors, "alive": self.worker.alive}
+
+
 class JobQueue:
-    """Fair queue with one worker thread (the one device's). Thread-safe.
+    """Fair queue feeding one or more workers (by default the one in-process worker). Thread-safe.
 
     Each owner may have `max_queued` jobs waiting (None: any number); each keeps their last
     `keep_finished` finished jobs, so no one's flood of jobs pushes another's results out."""
 
     def __init__(self, name: str = "easel-worker", keep_finished: int = 50, max_queued: int | None = None,
-                 after_each: Callable[[], Any] | None = None):
+                 after_each: Callable[[], Any] | None = None, workers: list[Worker] | None = None):
         self._cond = threading.Condition()
         self._order = FairOrder()
         self._jobs: dict[str, Job] = {}
         self._finished: dict[str, deque[str]] = {}  # owner -> their finished job ids, oldest first
         self._keep_finished = keep_finished
         self.max_queued = max_queued
-        self.after_each = after_each  # called on the worker after every job (Easel: give freed memory back)
-        self._running: list[Job] = []  # the job running, and the one that gave it its turn (if any)
+        self._name = name
+        self._slots: list[WorkerSlot] = []
         self._closed = False
-        self._worker = threading.Thread(target=self._work, name=name, daemon=True)
-        self._worker.start()
+        for worker in workers if workers is not None else [LocalWorker(after_each=after_each)]:
+            self.add_worker(worker)
+
+    # -- workers ---------------------------------------------------------------------------------
+    def add_worker(self, worker: Worker) -> None:
+        """A worker that starts taking jobs now (one that joined late, or replaces a lost one)."""
+        slot = WorkerSlot(worker)
+        slot.thread = threading.Thread(target=self._work, args=(slot,), name=f"{self._name}-{worker.id}",
+                                       daemon=True)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the job queue is shut down")
+            self._slots.append(slot)
+            self._cond.notify_all()
+        slot.thread.start()
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Each worker's id, device, models, current job, jobs done and errors (GET /easel/v1/workers)."""
+        with self._cond:
+            slots = list(self._slots)
+        return [slot.status() for slot in slots]
+
+    def worker_count(self) -> int:
+        with self._cond:
+            return len(self._slots)
 
     def submit(self, job: Job) -> Job:
         with self._cond:
@@ -323,14 +456,14 @@ class JobQueue:
 
     @property
     def current(self) -> Job | None:
-        """The job running on the worker now."""
+        """A job running now (the first worker's, when several run); None when every worker is idle."""
         with self._cond:
-            return self._running[-1] if self._running else None
+            return next((slot.running[-1] for slot in self._slots if slot.running), None)
 
     def running(self) -> list[Job]:
-        """Every job started and not finished: the one running, and one that gave it its turn."""
+        """Every job started and not finished, on every worker (incl. one that gave another its turn)."""
         with self._cond:
-            return list(self._running)
+            return [job for slot in self._slots for job in slot.running]
 
     def pending(self) -> list[Job]:
         """Queued jobs in the order they are expected to run."""
@@ -366,62 +499,96 @@ class JobQueue:
                 job.interrupt()
                 self._order.remove(job)
                 self._finish(job, JobState.INTERRUPTED)
-            for job in self._running:
+            for job in (j for slot in self._slots for j in slot.running):
                 job.interrupt()
             self._cond.notify_all()
-        self._worker.join(timeout)
+            threads = [slot.thread for slot in self._slots]
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _finish(self, job: Job, state: JobState) -> None:
         job.state = state
         job.finished = time.time()
         job.latest_latents = None
         job.run = None  # the work's closure holds the request and its decoded inputs: let them go
+        job.remote = None
         job.before_yield.clear()
         mine = self._finished.setdefault(job.owner, deque())
         mine.append(job.id)
         while len(mine) > self._keep_finished:
             self._jobs.pop(mine.popleft(), None)
-        if not any(j.owner == job.owner for j in self._running if j is not job):
+        if not any(j.owner == job.owner for slot in self._slots for j in slot.running if j is not job):
             self._order.forget(job.owner)
         job._mark_done()
 
-    def _work(self) -> None:
+    # -- the workers' side -----------------------------------------------------------------------
+    def _may_run(self, slot: WorkerSlot, job: Job) -> bool:
+        return slot.worker.id not in job.tried and slot.worker.accepts(job)
+
+    def _take(self, slot: WorkerSlot, exclude: str | None = None) -> Job | None:
+        """The next job for this worker (under the lock): the fair order's next one it can run, leaving a
+        job whose checkpoint another idle worker holds (and this one does not) to that worker."""
+        holds = slot.worker.holds()
+        idle = [other for other in self._slots if other is not slot and not other.running and other.worker.alive]
+
+        def fits(job: Job) -> bool:
+            if not self._may_run(slot, job):
+                return False
+            if job.checkpoint is None or (holds is not None and job.checkpoint in holds):
+                return True
+            return not any(self._may_run(other, job) and job.checkpoint in (other.worker.holds() or ())
+                           for other in idle)
+        return self._order.pop(exclude=exclude, accept=fits, loaded=holds)
+
+    def _work(self, slot: WorkerSlot) -> None:
         while True:
             with self._cond:
-                while not len(self._order) and not self._closed:
-                    self._cond.wait()
-                job = self._order.pop()
-                if job is None:  # closed and drained
-                    return
-            self._execute(job, may_yield=True)
+                while True:
+                    if not slot.worker.alive:
+                        self._slots.remove(slot)
+                        log.warning("worker %s is gone; %d left", slot.worker.id, len(self._slots))
+                        self._cond.notify_all()  # its jobs may now go to the others
+                        return
+                    job = self._take(slot)
+                    if job is not None:
+                        break
+                    if self._closed:
+                        return
+                    self._cond.wait(1.0)  # also wakes to notice a worker that died while idle
+            self._execute(slot, job, may_yield=slot.worker.may_yield)
 
-    def _give_turn(self, running: Job) -> bool:
-        """Called by a running job between its units: run one waiting job of another owner, now."""
+    def _give_turn(self, slot: WorkerSlot, running: Job) -> bool:
+        """Called by a running job between its units: run one waiting job of another owner, now, here."""
         with self._cond:
-            if self._closed or len(self._running) != 1 or self._running[0] is not running:
+            if self._closed or len(slot.running) != 1 or slot.running[0] is not running:
                 return False
-            other = self._order.pop(exclude=running.owner)
+            other = self._take(slot, exclude=running.owner)
         if other is None:
             return False
         for release in running.before_yield:
             release()
         log.info("job %s (%s) gives job %s (%s) a turn", running.id, running.owner, other.id, other.owner)
-        self._execute(other, may_yield=False)
+        self._execute(slot, other, may_yield=False)
         return True
 
-    def _execute(self, job: Job, may_yield: bool) -> None:
+    def _execute(self, slot: WorkerSlot, job: Job, may_yield: bool) -> None:
         with self._cond:
-            self._running.append(job)
+            slot.running.append(job)
             job.state = JobState.RUNNING
             job.started = time.time()
             job.stage = "starting"
+            job.worker = slot.worker.id
         if may_yield:
-            job._yielder = lambda: self._give_turn(job)
-        state = JobState.DONE
+            job._yielder = lambda: self._give_turn(slot, job)
+        state, again = JobState.DONE, False
         try:
-            job.result = job.run(job)
+            job.result = slot.worker.execute(job)
             if job.interrupted:
                 state = JobState.INTERRUPTED
+        except (WorkerLost, NotOnThisWorker) as e:
+            again = self._elsewhere(slot, job, e)
+            state = JobState.INTERRUPTED if job.interrupted else JobState.FAILED
         except Exception as e:  # a job's failure must never take the worker down
             log.exception("job %s failed", job.id)
             job.error = f"{e}" or type(e).__name__
@@ -430,10 +597,38 @@ class JobQueue:
         finally:
             job._yielder = None
         with self._cond:
-            self._running.remove(job)
-            self._finish(job, state)
-        if self.after_each is not None:
-            try:
-                self.after_each()
-            except Exception:
-                log.exception("the after-job step failed")
+            slot.running.remove(job)
+            if state is JobState.DONE:
+                slot.jobs_done += 1
+            elif state is JobState.FAILED:
+                slot.errors += 1
+            if again:
+                self._order.charge(job.owner, -job.work)  # its turn did not happen
+                self._order.add(job, first=True)
+                job.state, job.stage, job.step, job.latest_latents = JobState.QUEUED, "queued", 0, None
+                self._cond.notify_all()
+            else:
+                self._finish(job, state)
+
+    def _elsewhere(self, slot: WorkerSlot, job: Job, error: Exception) -> bool:
+        """After a lost worker or a job it cannot run: whether the job goes back in line for another worker
+        (once after a loss; to each worker that has not tried it after a refusal). If not, the job's error."""
+        job.tried.add(slot.worker.id)
+        lost = isinstance(error, WorkerLost)
+        log.warning("job %s on worker %s: %s", job.id, slot.worker.id, error)
+        with self._cond:
+            others = [s for s in self._slots if s is not slot and s.worker.alive and self._may_run(s, job)]
+        if lost:
+            job.lost += 1
+        if job.interrupted or self._closed:
+            return False
+        if others and (not lost or job.lost <= 1):
+            return True
+        if lost and job.lost > 1:
+            job.error = f"{error}; the job had already been retried once on another worker"
+        elif lost:
+            job.error = f"{error}; no other worker can run it"
+        else:
+            job.error = f"{error}"
+        job.error_type = type(error.__cause__ or error)
+        return False

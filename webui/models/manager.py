@@ -178,6 +178,10 @@ class ModelManager:
     def unload_all(self) -> None:
         self.cache.clear()
 
+    def loaded_models(self) -> list[LoadedModel]:
+        """The checkpoints held, on the device then in RAM, least recently used first in each."""
+        return self.cache.values(CHECKPOINT)
+
     def loaded_titles(self) -> list[str]:
         """Checkpoint titles on the device, least recently used first."""
         return [e.title for e in self.cache.entries(CHECKPOINT) if e.tier == "device"]

@@ -282,15 +282,24 @@ class GenerationControls:
 
 @dataclass
 class ResultSlots:
-    """How a tab shows a job: its output components, which one takes the progress HTML, and what a finished
-    job puts in them."""
+    """How a tab shows a job: its output components, which one takes the progress HTML, what a finished
+    job puts in them, and (optionally) what they show while it runs (`running(job)`: a value per output,
+    `gr.skip()` for those that did not change; its progress slot is overwritten)."""
 
     outputs: list
     progress: int
     finish: Callable[[Job], list]
+    running: Callable[[Job], list] | None = None
 
     def only_progress(self, html: str) -> list:
         values = [gr.skip()] * len(self.outputs)
+        values[self.progress] = html
+        return values
+
+    def while_running(self, job: Job, html: str) -> list:
+        if self.running is None:
+            return self.only_progress(html)
+        values = list(self.running(job))
         values[self.progress] = html
         return values
 
@@ -318,7 +327,7 @@ class JobRunner:
         self.jobs[key] = job
         try:
             while not job.wait(POLL_SECONDS):
-                yield slots.only_progress(progress_html(job, self.easel.queue.position(job)))
+                yield slots.while_running(job, progress_html(job, self.easel.queue.position(job)))
         finally:
             if self.jobs.get(key) is job:
                 del self.jobs[key]

@@ -35,6 +35,7 @@ from .merger import MergerTab
 from .train import TrainTab
 from .travel import TravelTab
 from .zoom import ZoomTab
+from .workers import WorkersSection, workers_html
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,11 @@ def build_ui(easel: Easel, admission: Admission, gate: Gate | None = None,
                 MergerTab(runner, checkpoint).build()
             with gr.Tab("Train", id="train", elem_id="tab_train"):
                 TrainTab(easel, runner).build()
+            with gr.Tab("Settings", id="settings", elem_id="tab_settings") as settings_tab:
+                workers = WorkersSection(easel.queue)
+                workers.build()
+                settings_tab.select(lambda: workers_html(easel.queue), inputs=None, outputs=workers.table,
+                                    api_name=False)
             if extensions is not None:
                 extension_tabs(extensions, runner, admission)
                 with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
