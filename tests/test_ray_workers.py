@@ -30,8 +30,9 @@ def cluster(model_root, tmp_path_factory):
     from webui.workers.ray_pool import RayPool
 
     data = tmp_path_factory.mktemp("ray-front")
-    settings = settings_from_args(["--data-dir", str(data), "--ckpt-dir", str(model_root / "models" / "Stable-diffusion"),
-                                   "--device", "cpu", "--models-in-ram", "0", "--workers", "ray", "--ray-workers", "2",
+    checkpoints = model_root / "models" / "Stable-diffusion"
+    settings = settings_from_args(["--data-dir", str(data), "--ckpt-dir", str(checkpoints), "--device", "cpu",
+                                   "--models-in-ram", "0", "--workers", "ray", "--ray-workers", "2",
                                    "--worker-timeout", "6"])
     easel = Easel.create(settings)
     pool = RayPool(settings, easel.queue, every=1.0, cpus=3).start(wait=True)  # room for one more to join

@@ -123,7 +123,8 @@ def test_resume_interrupt_and_a_second_users_job(demo):
     assert first.steps_done == 10
     again = run(demo, "train", train("resumed", 5))
     assert again.steps_done == 15  # from the saved step, with the optimizer state kept beside it
-    assert (first.embedding.with_name("resumed.optim.pt")).is_file()
+    assert (first.log.parent / "resumed.optim.pt").is_file()
+    assert not first.embedding.with_name("resumed.optim.pt").exists()  # models/embeddings holds embeddings only
     assert len(again.log.read_text().splitlines()) == 1 + 15
 
     job = Admission(demo).submit("train", train("resumed", 5000), Caller(owner="trainer")).job
@@ -186,7 +187,8 @@ def test_the_a1111_routes(demo):
                 "preview_from_txt2img": False}
         r = client.post("/sdapi/v1/train/embedding", json=body)
         assert r.status_code == 200 and r.json()["step"] == 4, r.text
-        assert (demo.settings.models_dir / "embeddings" / "viaapi-2.pt").is_file()  # a copy every 2 steps
+        assert (demo.settings.data_dir / "train" / "viaapi" / "embeddings" / "viaapi-2.pt").is_file()  # a copy
+        assert "viaapi-2" not in client.get("/sdapi/v1/embeddings").json()["loaded"]  # every 2 steps, in the log
         assert (demo.settings.data_dir / "train" / "viaapi" / "images" / "viaapi-4.png").is_file()  # a preview
         assert "viaapi" in client.get("/sdapi/v1/embeddings").json()["loaded"]
         bad = client.post("/sdapi/v1/train/embedding", json={**body, "data_root": "/etc"})
@@ -210,9 +212,11 @@ def test_safetensors_embeddings_are_created_and_trained_in_their_format(demo):
     assert result.embedding == path and result.steps_done == 4 and path.read_bytes() != before
     trained = load_embedding(path).vectors["clip_l"]  # still loads through Easel's own loader
     assert trained.shape == (2, 64) and not torch.equal(trained, start)
-    copy = path.with_name("safe-2.safetensors")  # copies in the embedding's own format
-    assert load_embedding(copy).vectors["clip_l"].shape == (2, 64) and not path.with_name("safe-2.pt").exists()
-    assert path.with_name("safe.optim.pt").is_file() and not path.with_name("safe.pt").exists()
+    copy = result.log.parent / "embeddings" / "safe-2.safetensors"  # copies in the embedding's own format, in
+    assert result.copies == [copy]  # the log folder (A1111's); none at the last step: that is the file itself
+    assert load_embedding(copy).vectors["clip_l"].shape == (2, 64) and not copy.with_name("safe-2.pt").exists()
+    assert not path.with_name("safe-2.safetensors").exists()
+    assert (result.log.parent / "safe.optim.pt").is_file() and not path.with_name("safe.pt").exists()
     again = run(demo, "train", train("safe", 2))
     assert again.steps_done == 6  # the step is kept in the metadata
     demo.engine.embeddings.refresh()

@@ -39,18 +39,23 @@ def create_and_open_train(page, name: str, file_format: str | None = None) -> No
     assert page.input_value("#train_embedding input") == name  # the new one is chosen
 
 
+def start_training(page, steps: int, image_every: int) -> None:
+    """64×64 pictures, `steps` steps, a preview every `image_every`, no copies; start."""
+    set_number(page, "train_width", 64)
+    set_number(page, "train_height", 64)
+    page.fill("#train_steps input", str(steps))
+    page.fill("#train_image_every input", str(image_every))
+    page.fill("#train_save_every input", "0")
+    page.click("#train_start")
+
+
 def test_create_an_embedding_and_train_it(server):
     url, data = server
     with easel_page(url) as page:
         create_and_open_train(page, "blorp")
         assert (data / "models" / "embeddings" / "blorp.pt").is_file()
         page.fill("#train_data_root input, #train_data_root textarea", "pictures")
-        set_number(page, "train_width", 64)
-        set_number(page, "train_height", 64)
-        page.fill("#train_steps input", "6")
-        page.fill("#train_image_every input", "3")
-        page.fill("#train_save_every input", "0")
-        page.click("#train_start")
+        start_training(page, steps=6, image_every=3)
         page.wait_for_function("document.querySelector('#train_progress').innerText.includes('finished at step 6')",
                                timeout=120_000)
         page.wait_for_selector("#train_previews img")
@@ -74,12 +79,7 @@ def test_uploaded_pictures_and_a_live_preview(server, tmp_path):
         assert (data / "models" / "embeddings" / "boxy.safetensors").is_file()
         page.set_input_files("#train_uploads input[type=file]", uploads)
         page.wait_for_function("document.querySelectorAll('#train_uploads tr.file').length === 3", timeout=30_000)
-        set_number(page, "train_width", 64)
-        set_number(page, "train_height", 64)
-        page.fill("#train_steps input", "5000")
-        page.fill("#train_image_every input", "2")
-        page.fill("#train_save_every input", "0")
-        page.click("#train_start")
+        start_training(page, steps=5000, image_every=2)
         # while the job runs: a preview in the gallery, the loss plot, and step / loss / lr / ETA above them
         page.wait_for_selector("#train_previews img", timeout=120_000)
         page.wait_for_selector(PLOT, timeout=30_000)

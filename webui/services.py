@@ -34,7 +34,7 @@ from webui.models.merge import MergeRecipe, merge_checkpoints
 from webui.options import OptionRegistry
 from webui.runtime import PORTABLE_KINDS, ModelLease, Runtime
 from webui.training.textual_inversion import (CreateEmbeddingRequest, Dataset, TrainEmbeddingRequest, TrainResult,
-                                              create_embedding, train_embedding)
+                                              create_embedding, log_folder, train_embedding)
 from webui.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -243,8 +243,8 @@ class Easel:
     def _train(self, request: TrainEmbeddingRequest, dataset: Dataset) -> Callable[[Job, ModelLease], Any]:
         """Textual-inversion training: only the embedding's vectors learn; the model others use is unchanged."""
         def work(job: Job, lease: ModelLease) -> TrainResult:
-            path = self.settings.models_dir / "embeddings" / f"{request.embedding_name}.pt"
-            folder = self.settings.data_dir / "train" / request.embedding_name
+            path = self.settings.models_dir / "embeddings" / f"{request.embedding_name}.pt"  # names it (any format)
+            folder = log_folder(self.settings.data_dir, request.embedding_name)
 
             def preview(model: LoadedModel, prompt: str, step: int) -> Path:
                 if self.engine.embeddings is not None:

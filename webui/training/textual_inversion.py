@@ -15,9 +15,10 @@ ever stored on the shared model's weights: the loaded model is unchanged for eve
 
 Training runs as a job (kind "train") in the one queue: between steps it lets other owners' jobs take a turn
 (`job.yield_turn`) and then takes its model back from the lease, it stops at once when interrupted (saving
-what it has), and it writes `NAME-STEP` copies in the embedding's own format, the loss log
+what it has), and it writes `NAME-STEP` copies in the embedding's own format (in `DATA_DIR/train/NAME/embeddings/`,
+A1111's log directory, so they do not crowd the prompt's embedding list), the loss log
 (`DATA_DIR/train/NAME/loss.csv`, flushed every step so the Train tab can plot it while it grows) and the
-optimizer state (`NAME.optim.pt`, so a later run resumes where this one stopped).
+optimizer state (`DATA_DIR/train/NAME/NAME.optim.pt`, so a later run resumes where this one stopped).
 """
 from __future__ import annotations
 
@@ -377,7 +378,7 @@ def train_embedding(request: TrainEmbeddingRequest, embedding_path: Path, datase
     vectors = {key: torch.nn.Parameter(existing.vectors[key].clone().float()) for key in halves}
     params = list(vectors.values())
     optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
-    state_path = path.with_name(f"{name}.optim.pt")
+    state_path = log_dir / f"{name}.optim.pt"  # beside the loss log: models/embeddings holds embeddings only
     if state_path.is_file() and start_step > 0:
         try:
             optimizer.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
@@ -446,8 +447,9 @@ def train_embedding(request: TrainEmbeddingRequest, embedding_path: Path, datase
                     resumed = f", the embedding at step {step}" if start_step else ""  # the job's own steps follow
                     job.set_stage(f"training {name}: loss {loss_value:.4f}, lr {rate(step - 1):g}{resumed}")
                 if request.save_embedding_every and step % request.save_embedding_every == 0 and step < total:
-                    copies.append(save_embedding(path.with_name(f"{name}-{step}{path.suffix}"), name, vectors, step,
-                                                 model))
+                    copy = log_dir / "embeddings" / f"{name}-{step}{path.suffix}"  # A1111's "copy to log directory"
+                    copy.parent.mkdir(exist_ok=True)
+                    copies.append(save_embedding(copy, name, vectors, step, model))
                 if preview is not None and request.create_image_every and step % request.create_image_every == 0:
                     save_embedding(path, name, vectors, step, model)
                     words = dataset.captions[0]
