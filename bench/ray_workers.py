@@ -10,6 +10,7 @@ Every worker uses as many torch threads as this process (so a seed gives the sam
 machine with C cores, run with `--threads 1` to give each of C workers one core.
 
     python bench/ray_workers.py [--jobs 16] [--workers 1 2 4] [--threads 1] [--size 128] [--steps 12]
+    python bench/ray_workers.py --device cuda --workers 1 2 4 8   (a GPU machine: one worker per GPU)
 """
 from __future__ import annotations
 
@@ -60,8 +61,8 @@ def one_by_one(easel: Easel, count: int) -> float:
     return statistics.median(times)
 
 
-def front(data: Path, models: Path, *flags: str) -> Easel:
-    return Easel.create(settings_from_args(["--data-dir", str(data), "--ckpt-dir", str(models), "--device", "cpu",
+def front(data: Path, models: Path, device: str, *flags: str) -> Easel:
+    return Easel.create(settings_from_args(["--data-dir", str(data), "--ckpt-dir", str(models), "--device", device,
                                             "--skip-load-model-at-start", *flags]))
 
 
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--single", type=int, default=15, help="one-at-a-time jobs for the dispatch overhead")
+    ap.add_argument("--device", default="cpu", help="the in-process worker's device (cuda on a GPU machine, where "
+                                                    "each Ray worker then takes one GPU)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
         models = Path(tmp) / "models"
         write_safetensors(build_tiny_sd(seed=0), models / "tiny.safetensors",
                           metadata={"modelspec.resolution": "64x64"})
-        easel = front(Path(tmp) / "local", models)
+        easel = front(Path(tmp) / "local", models, args.device)
         try:
             one_by_one(easel, 2)  # warm: the model loaded, first-call costs paid
             local = burst(easel, args.jobs, args.size, args.steps)
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
               f" (torch threads {torch.get_num_threads()})", flush=True)
         figures["local"] = {"jobs_per_s": local[0], "p95_s": local[1], "single_s": local_single}
         for n in args.workers:
-            easel = front(Path(tmp) / f"ray{n}", models, "--workers", "ray", "--ray-workers", str(n))
+            easel = front(Path(tmp) / f"ray{n}", models, args.device, "--workers", "ray", "--ray-workers", str(n))
             pool = RayPool(easel.settings, easel.queue, cpus=max(n, 1)).start(wait=True)
             try:
                 for _ in range(n):

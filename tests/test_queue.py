@@ -189,3 +189,28 @@ def test_a_job_one_worker_cannot_load_goes_to_another_and_the_first_keeps_workin
         assert bad.tried == {"picky", "fine", "also-picky"}
     finally:
         q.shutdown()
+
+
+def test_current_jobs_are_one_per_busy_worker():
+    gate = threading.Event()
+
+    class Waiting(FakeWorker):
+        def execute(self, job):
+            gate.wait(5)
+            return super().execute(job)
+    a, b = Waiting("a"), Waiting("b")
+    q = JobQueue(workers=[a, b])
+    try:
+        jobs = [q.submit(portable(owner=o)) for o in ("x", "y", "z")]
+        deadline = time.monotonic() + 5
+        while len(q.current_jobs()) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert {j.id for j in q.current_jobs()} == {j.id for j in jobs[:2]} and q.current in jobs[:2]
+        assert {w["current_job"] for w in q.workers()} == {jobs[0].id, jobs[1].id}
+        assert q.position(jobs[2]) == 1
+        gate.set()
+        assert all(job.wait(5) for job in jobs)
+        assert q.current_jobs() == [] and q.current is None
+    finally:
+        q.shutdown()

@@ -235,17 +235,16 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
     def interrupt(caller: CallerDep) -> InterruptResponse:
         """Stop the caller's running job and drop their queued ones. An admin also stops whatever runs."""
         jobs = [j for j in easel.queue.jobs_of(caller.owner) if not j.done]
-        current = easel.queue.current
-        if caller.admin and current is not None and current not in jobs:
-            jobs.append(current)
+        if caller.admin:  # and whatever runs, on every worker
+            jobs += [j for j in easel.queue.current_jobs() if j not in jobs]
         stopped = [j.id for j in jobs if easel.queue.interrupt(j.id, by=caller.owner, admin=caller.admin)]
         return InterruptResponse(interrupted=stopped)
 
     @router.post("/skip", response_model=InterruptResponse)
     def skip(caller: CallerDep) -> InterruptResponse:
         """Easel has no per-image skip: this stops the caller's running job (finished images are kept)."""
-        current = easel.queue.current
-        if current is None or not caller.may_see(current):
+        current = next((j for j in easel.queue.current_jobs() if caller.may_see(j)), None)
+        if current is None:
             return InterruptResponse(interrupted=[])
         easel.queue.interrupt(current.id, by=caller.owner, admin=caller.admin)
         return InterruptResponse(interrupted=[current.id])

@@ -460,6 +460,11 @@ class JobQueue:
         with self._cond:
             return next((slot.running[-1] for slot in self._slots if slot.running), None)
 
+    def current_jobs(self) -> list[Job]:
+        """The job each busy worker is running now (not one that gave it its turn)."""
+        with self._cond:
+            return [slot.running[-1] for slot in self._slots if slot.running]
+
     def running(self) -> list[Job]:
         """Every job started and not finished, on every worker (incl. one that gave another its turn)."""
         with self._cond:
