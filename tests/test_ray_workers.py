@@ -94,6 +94,35 @@ def test_images_are_identical_to_the_in_process_workers(cluster):
     assert remote.result.result.infotexts == made.infotexts
 
 
+def test_inpainting_an_outpaint_box_and_a_checkpoint_load_travel_to_the_workers_too(cluster):
+    from PIL import Image, ImageDraw
+
+    from webui.generation.outpaint import OutpaintRequest
+    from webui.generation.requests import Img2ImgRequest
+
+    easel, pool = cluster
+    two_workers(pool)
+    picture = Image.new("RGB", (64, 64), "navy")
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((16, 16, 47, 47), fill=255)
+    box = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    box.paste(Image.new("RGBA", (64, 32), (200, 30, 30, 255)))  # the top half painted, the rest empty
+    base = dict(prompt="a red square", steps=4, width=64, height=64, seed=11, checkpoint="tiny-a.safetensors")
+    requests = {"img2img": Img2ImgRequest(**base, init_image=picture, mask=mask, denoising_strength=0.9),
+                "outpaint": OutpaintRequest(**base, box=box)}
+    for kind, req in requests.items():
+        job = easel.submit(kind, req, owner="olga", save=False)
+        wait_all([job])
+        assert job.state is JobState.DONE and job.worker.startswith("ray-"), job.error
+        here = Job(run=None)
+        made = easel.runtime.run(kind, req, here, ModelLease(easel.runtime, here))
+        assert np.array_equal(pixels(job)[0], np.asarray(made.images[0])), kind
+    load = easel.submit("load", "tiny-b.safetensors", owner="olga")
+    wait_all([load])
+    assert load.result.startswith("tiny-b.safetensors") and load.worker.startswith("ray-")
+    assert "tiny-b.safetensors" in {w["id"]: w for w in easel.queue.workers()}[load.worker]["models"]
+
+
 def test_a_job_goes_to_the_worker_that_holds_its_checkpoint(cluster):
     easel, pool = cluster
     two_workers(pool)

@@ -39,7 +39,9 @@ def check_page(data) -> None:
         page.click("#workers_refresh")
         page.wait_for_function("document.querySelector('#workers_table').innerText.includes('tiny-a')",
                                timeout=30_000)
-        rows = {r.split("\t")[0]: r.split("\t") for r in page.inner_text("#workers_table").splitlines()[1:]}
+        cells = page.eval_on_selector_all("#workers_table tr", "rows => rows.map(r => [...r.querySelectorAll('td')]"
+                                                             ".map(c => c.innerText)).filter(r => r.length)")
+        rows = {row[0]: row for row in cells}
         assert set(rows) == {"local", "ray-1"}
         assert rows["ray-1"][4] == "1" and rows["local"][4] == "0"  # jobs done: the Ray worker's
         assert "tiny-a" in rows["ray-1"][2]
