@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 import time
 
-from webui.jobs.queue import Job, JobQueue, JobState, NotOnThisWorker, RemoteWork, WorkerLost
+from webui.jobs.queue import Job, JobQueue, JobState, LocalWorker, NotOnThisWorker, RemoteWork, WorkerLost
 
 
 def slow_job(steps: int, delay: float = 0.02, gate: threading.Event | None = None,
@@ -212,5 +212,30 @@ def test_current_jobs_are_one_per_busy_worker():
         gate.set()
         assert all(job.wait(5) for job in jobs)
         assert q.current_jobs() == [] and q.current is None
+    finally:
+        q.shutdown()
+
+
+def test_the_local_worker_is_busy_only_with_its_own_jobs():
+    """What the gallery's background indexing pauses for: this process's device, not a Ray worker's."""
+    gate = threading.Event()
+
+    class Waiting(FakeWorker):
+        def execute(self, job):
+            gate.wait(5)
+            return super().execute(job)
+    local, remote = LocalWorker(remote_jobs=False), Waiting("ray-1")
+    q = JobQueue(workers=[local, remote])
+    try:
+        far = q.submit(portable())
+        while far.state is not JobState.RUNNING:
+            time.sleep(0.01)
+        assert far.worker == "ray-1" and not local.busy(q)
+        here = q.submit(Job(run=slow_job(1, gate=gate)))
+        while here.state is not JobState.RUNNING:
+            time.sleep(0.01)
+        assert here.worker == "local" and local.busy(q)
+        gate.set()
+        assert far.wait(5) and here.wait(5) and not local.busy(q)
     finally:
         q.shutdown()

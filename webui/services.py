@@ -89,7 +89,7 @@ class Easel:
         queue = JobQueue(max_queued=settings.limits.max_queued_jobs, workers=[local])
         gallery = Gallery(GalleryIndex(settings.cache_dir / "gallery.sqlite"), settings.outputs_dir,
                           settings.cache_dir / "thumbnails", folders=[Path(f) for f in settings.gallery_folders],
-                          owner_of=owners.owner_of, busy=lambda: queue.current is not None,
+                          owner_of=owners.owner_of, busy=lambda: local.busy(queue),
                           embedder=lambda: find_embedder(settings.models_dir, settings.device))
         store = ImageStore(settings.outputs_dir, hooks=[owners, runtime.features, gallery], private_names=logins)
         store.remove_leftovers()  # temp files of a process that was killed mid-write

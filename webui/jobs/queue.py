@@ -351,6 +351,10 @@ class LocalWorker:
     def accepts(self, job: Job) -> bool:
         return self.remote_jobs or job.remote is None
 
+    def busy(self, queue: "JobQueue") -> bool:
+        """Whether this process's device is running a job now (a Ray worker's jobs use another device)."""
+        return any(job.worker == self.id for job in queue.current_jobs())
+
     def holds(self) -> None:
         return None  # one worker: the order's memory of the last checkpoint is what this device holds
 
