@@ -105,8 +105,9 @@ class FakeWorker:
 
     may_yield = False
 
-    def __init__(self, worker_id: str, lose: int = 0, refuse: str | None = None):
-        self.id, self.alive, self.lose, self.refuse = worker_id, True, lose, refuse
+    def __init__(self, worker_id: str, lose: int = 0, refuse: str | None = None,
+                 gate: threading.Event | None = None):
+        self.id, self.alive, self.lose, self.refuse, self.gate = worker_id, True, lose, refuse, gate
         self.held: list[str] = []
         self.ran: list[str] = []
 
@@ -120,6 +121,8 @@ class FakeWorker:
         return {"device": "fake", "models": list(self.held)}
 
     def execute(self, job: Job):
+        if self.gate is not None:
+            self.gate.wait(5)
         time.sleep(0.02)
         if job.checkpoint is not None and job.checkpoint == self.refuse:
             raise NotOnThisWorker(f"worker {self.id} could not load the model: {job.checkpoint} is broken here")
@@ -193,12 +196,7 @@ def test_a_job_one_worker_cannot_load_goes_to_another_and_the_first_keeps_workin
 
 def test_current_jobs_are_one_per_busy_worker():
     gate = threading.Event()
-
-    class Waiting(FakeWorker):
-        def execute(self, job):
-            gate.wait(5)
-            return super().execute(job)
-    a, b = Waiting("a"), Waiting("b")
+    a, b = FakeWorker("a", gate=gate), FakeWorker("b", gate=gate)
     q = JobQueue(workers=[a, b])
     try:
         jobs = [q.submit(portable(owner=o)) for o in ("x", "y", "z")]
@@ -219,12 +217,7 @@ def test_current_jobs_are_one_per_busy_worker():
 def test_the_local_worker_is_busy_only_with_its_own_jobs():
     """What the gallery's background indexing pauses for: this process's device, not a Ray worker's."""
     gate = threading.Event()
-
-    class Waiting(FakeWorker):
-        def execute(self, job):
-            gate.wait(5)
-            return super().execute(job)
-    local, remote = LocalWorker(remote_jobs=False), Waiting("ray-1")
+    local, remote = LocalWorker(remote_jobs=False), FakeWorker("ray-1", gate=gate)
     q = JobQueue(workers=[local, remote])
     try:
         far = q.submit(portable())

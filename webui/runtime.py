@@ -74,16 +74,15 @@ class ModelLease:
 
 
 class Runtime:
-    def __init__(self, settings: Settings, manager: ModelManager, engine: Engine,
-                 upscalers: UpscalerLibrary | None = None, controlnets: ControlNetLibrary | None = None):
+    def __init__(self, settings: Settings, manager: ModelManager, engine: Engine, vaes: VaeLibrary,
+                 upscalers: UpscalerLibrary, controlnets: ControlNetLibrary):
         self.settings = settings
         self.manager = manager
         self.engine = engine
         self.features: FeatureRegistry = engine.features
-        self.upscalers = upscalers or upscaler_library(settings, manager)
-        self.controlnets = controlnets or ControlNetLibrary(settings.models_dir / "ControlNet",
-                                                            manager.catalog.hashes, manager.get_model, settings.device)
-        self.vaes = VaeLibrary(settings.models_dir / "VAE", manager.catalog.hashes)
+        self.vaes = vaes
+        self.upscalers = upscalers
+        self.controlnets = controlnets
         self.previews = Previewer(settings.models_dir / "VAE-approx")
         self.speed = settings.speed
         if self.speed.attention == "xformers":
@@ -121,7 +120,7 @@ class Runtime:
             vae_exists=lambda name: any(name in (f.name, f.path.stem) for f in vaes.files()) or name in VAE_CHOICES,
         )
         engine = Engine(embeddings, LoraLibrary(settings.models_dir / "Lora", hashes), features, settings.nan_check)
-        return cls(settings, manager, engine, upscalers, controlnets)
+        return cls(settings, manager, engine, vaes, upscalers, controlnets)
 
     def load_model(self, name: str | None, vae: str | None = None) -> LoadedModel:
         """The checkpoint on the device with the chosen VAE (see webui.models.vae) in place."""
